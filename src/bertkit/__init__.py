@@ -1,0 +1,2 @@
+"""bertkit: BERT end to end, in plain PyTorch."""
+__version__ = "0.1.0"
