@@ -1,0 +1,289 @@
+"""HuggingFace-format model directories: the key map, safetensors load/save, atomic file writes.
+
+A model directory is `config.json` + `model.safetensors` (or a sharded `model.safetensors.index.json`),
+exactly what `transformers` writes and reads, so every BERT checkpoint on the hub loads here and ours
+load there. The whole correspondence between our parameter names and HuggingFace's is the one table
+`KEY_MAP` below. Pickle files (`pytorch_model.bin`) are refused unless the caller asks for them, and
+even then read with `torch.load(weights_only=True)`, which cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+
+from bertkit.config import BertConfig
+from bertkit.errors import BertkitError
+
+log = logging.getLogger("bertkit")
+
+# ours -> HuggingFace, relative to the encoder ("bert." is prefixed for task models) or to the task model.
+# {i}: layer index, {p}: weight|bias. A tuple on the right is several HF tensors concatenated on dim 0.
+KEY_MAP: list[tuple[str, str | tuple[str, ...]]] = [
+    ("embeddings.word.weight", "embeddings.word_embeddings.weight"),
+    ("embeddings.position.weight", "embeddings.position_embeddings.weight"),
+    ("embeddings.segment.weight", "embeddings.token_type_embeddings.weight"),
+    ("embeddings.norm.{p}", "embeddings.LayerNorm.{p}"),
+    ("layers.{i}.attention.qkv.{p}", ("encoder.layer.{i}.attention.self.query.{p}",
+                                      "encoder.layer.{i}.attention.self.key.{p}",
+                                      "encoder.layer.{i}.attention.self.value.{p}")),
+    ("layers.{i}.attention.out.{p}", "encoder.layer.{i}.attention.output.dense.{p}"),
+    ("layers.{i}.attention_norm.{p}", "encoder.layer.{i}.attention.output.LayerNorm.{p}"),
+    ("layers.{i}.ffn.up.{p}", "encoder.layer.{i}.intermediate.dense.{p}"),
+    ("layers.{i}.ffn.down.{p}", "encoder.layer.{i}.output.dense.{p}"),
+    ("layers.{i}.ffn_norm.{p}", "encoder.layer.{i}.output.LayerNorm.{p}"),
+    ("pooler.{p}", "pooler.dense.{p}"),
+    # heads (outside the encoder)
+    ("mlm.dense.{p}", "cls.predictions.transform.dense.{p}"),
+    ("mlm.norm.{p}", "cls.predictions.transform.LayerNorm.{p}"),
+    ("mlm.bias", "cls.predictions.bias"),
+    ("nsp.{p}", "cls.seq_relationship.{p}"),
+    ("classifier.{p}", "classifier.{p}"),
+    ("qa.{p}", "qa_outputs.{p}"),
+]
+ENCODER_PREFIX = "bert."
+# Present in some checkpoints, never needed: the tied decoder (it is the word embedding matrix and
+# cls.predictions.bias) and position-id buffers.
+IGNORED_HF_KEYS = re.compile(r"(cls\.predictions\.decoder\.(weight|bias)|.*position_ids|.*token_type_ids)$")
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_NAME = "pytorch_model.bin"
+CONFIG_NAME = "config.json"
+
+
+def _compile(template: str) -> re.Pattern:
+    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+    return re.compile(pattern + "$")
+
+
+_OURS = [(_compile(ours), hf) for ours, hf in KEY_MAP]
+
+
+def to_hf_keys(name: str, is_encoder_param: bool) -> tuple[str, ...]:
+    """Our parameter name (relative to its model) -> the HF key(s) holding it."""
+    local = name[len("bert."):] if name.startswith("bert.") else name
+    for pattern, hf in _OURS:
+        m = pattern.match(local)
+        if m:
+            parts = (hf,) if isinstance(hf, str) else hf
+            prefix = ENCODER_PREFIX if is_encoder_param else ""
+            return tuple(prefix + p.format(**m.groupdict()) for p in parts)
+    raise KeyError(f"no HuggingFace name for parameter {name!r}: add it to KEY_MAP")
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes: a crash leaves the old file or the new one, never half of either.
+
+
+def _atomic_write(path: str, write) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _atomic_write(path, write)
+
+
+def atomic_write_json(path: str, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})}))
+
+
+def load_tensors(path: str) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, turning a truncated or corrupt file into a clear error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BertkitError(f"{path}: cannot read safetensors file ({e})",
+                           hint="the file is truncated or corrupt: copy or re-save it from the original model") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a directory
+
+
+def read_weights(directory: str, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a HF model directory, by their HF names."""
+    single = os.path.join(directory, WEIGHTS_NAME)
+    index = os.path.join(directory, WEIGHTS_INDEX_NAME)
+    pickle_file = os.path.join(directory, PICKLE_NAME)
+    if os.path.isfile(single):
+        return load_tensors(single)
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise BertkitError(f"{index}: not a valid safetensors index ({e})", hint="re-save the model") from None
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            shard_path = os.path.join(directory, shard)
+            if not os.path.isfile(shard_path):
+                raise BertkitError(f"{shard_path}: shard named in {index} is missing", hint="copy the whole model directory")
+            tensors.update(load_tensors(shard_path))
+        return tensors
+    if os.path.isfile(pickle_file):
+        if not allow_pickle:
+            raise BertkitError(
+                f"{pickle_file}: refusing to read a pickle file (unpickling can run arbitrary code)",
+                hint="use the model's model.safetensors, or convert it once with `bertkit convert "
+                     f"{directory} OUT_DIR --allow-pickle` (read with torch.load(weights_only=True))")
+        try:
+            state = torch.load(pickle_file, map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses anything but tensors and plain containers
+            raise BertkitError(f"{pickle_file}: not a plain weights file ({e.__class__.__name__}: {e})",
+                               hint="only state dicts of tensors are accepted; get a safetensors copy") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise BertkitError(f"{pickle_file}: expected a dict of tensors", hint="get a safetensors copy")
+        return state
+    raise BertkitError(f"{directory}: no model weights found (expected {WEIGHTS_NAME})",
+                       hint="pass a HuggingFace model directory with config.json and model.safetensors")
+
+
+def _normalize_hf_key(key: str) -> str:
+    # Checkpoints converted from the original TensorFlow code name LayerNorm parameters gamma/beta.
+    return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))
+
+
+@dataclass
+class LoadReport:
+    """What from_pretrained did: keys the model wanted but the file lacked (left initialised), and
+    keys the file had that this model does not use (e.g. pre-training heads under a classifier)."""
+
+    missing: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = []
+        if self.missing:
+            lines.append(f"newly initialised (not in the checkpoint): {', '.join(self.missing)}")
+        if self.unused:
+            lines.append(f"not used by this model: {', '.join(self.unused)}")
+        return "; ".join(lines) or "all keys matched"
+
+
+def load_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """Copy HF-named tensors into `model`; shapes are checked, the rest reported."""
+    hf_state = {_normalize_hf_key(k): v for k, v in hf_state.items() if not IGNORED_HF_KEYS.match(k)}
+    is_encoder_only = not hasattr(model, "bert")
+    if is_encoder_only:  # a bare BertModel: drop the "bert." of a task checkpoint
+        hf_state = {k[len(ENCODER_PREFIX):]: v for k, v in hf_state.items() if k.startswith(ENCODER_PREFIX)} or hf_state
+    elif not any(k.startswith(ENCODER_PREFIX) for k in hf_state):  # a bare BertModel checkpoint under a head
+        hf_state = {(ENCODER_PREFIX + k if k.startswith(("embeddings.", "encoder.", "pooler.")) else k): v
+                    for k, v in hf_state.items()}
+    report = LoadReport()
+    used: set[str] = set()
+    with torch.no_grad():
+        for name, param in model.state_dict().items():
+            hf_keys = to_hf_keys(name, is_encoder_param=not is_encoder_only and name.startswith("bert."))
+            if not all(k in hf_state for k in hf_keys):
+                report.missing.append(name)
+                continue
+            value = torch.cat([hf_state[k] for k in hf_keys]) if len(hf_keys) > 1 else hf_state[hf_keys[0]]
+            if value.shape != param.shape:
+                raise _shape_error(name, hf_keys[0], tuple(value.shape), tuple(param.shape), model.config, source)
+            param.copy_(value)
+            used.update(hf_keys)
+    report.unused = sorted(set(hf_state) - used)
+    return report
+
+
+def _shape_error(name, hf_key, got, want, config: BertConfig, source: str) -> BertkitError:
+    if name.endswith("embeddings.word.weight"):
+        return BertkitError(
+            f"{source}: the word embedding matrix has {got[0]} rows but config.json says vocab_size={config.vocab_size}",
+            hint=f"set vocab_size to {got[0]} in config.json, or use the config that came with these weights")
+    return BertkitError(f"{source}: tensor {hf_key} has shape {list(got)}, the config expects {list(want)}",
+                        hint="config.json does not describe these weights: use the config saved with them")
+
+
+# ----------------------------------------------------------------------------------------------
+# The mixin every model class inherits: from_pretrained / save_pretrained
+
+
+class PretrainedMixin:
+    config: BertConfig
+    load_report: LoadReport | None = None
+
+    @classmethod
+    def from_pretrained(cls, directory: str, *, allow_pickle: bool = False, **config_overrides):
+        """Load a HuggingFace BERT directory into this class. Weights the checkpoint lacks (a new task
+        head) keep their fresh initialisation; `model.load_report` lists them and any unused keys."""
+        directory = os.fspath(directory)
+        if not os.path.isdir(directory):
+            raise BertkitError(f"{directory}: model directory not found",
+                               hint="pass a directory holding config.json and model.safetensors")
+        config = BertConfig.load(os.path.join(directory, CONFIG_NAME))
+        for key, value in config_overrides.items():
+            setattr(config, key, value)
+        config.__post_init__()
+        hf_state = read_weights(directory, allow_pickle)
+        model = cls(config)
+        model.load_report = load_state(model, hf_state, source=os.path.join(directory, WEIGHTS_NAME))
+        if model.load_report.missing or model.load_report.unused:
+            log.info("%s from %s: %s", cls.__name__, directory, model.load_report)
+        return model
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """This model's tensors under HuggingFace's names (fused q/k/v split again)."""
+        is_encoder_only = not hasattr(self, "bert")
+        out = {}
+        for name, tensor in self.state_dict().items():
+            hf_keys = to_hf_keys(name, is_encoder_param=not is_encoder_only and name.startswith("bert."))
+            for key, part in zip(hf_keys, tensor.chunk(len(hf_keys))):
+                out[key] = part
+        return out
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write config.json and model.safetensors, each atomically, into `directory`."""
+        os.makedirs(directory, exist_ok=True)
+        d = self.config.to_dict()
+        d["architectures"] = [type(self).__name__]
+        atomic_write_json(os.path.join(directory, CONFIG_NAME), d)
+        save_tensors(os.path.join(directory, WEIGHTS_NAME), self.hf_state_dict())
+
+
+def load_model(directory: str, **kwargs):
+    """Load a directory into the class its config names (architectures[0]), BertModel by default."""
+    from bertkit.model import MODEL_CLASSES, BertModel
+
+    config_path = os.path.join(directory, CONFIG_NAME)
+    arch = None
+    if os.path.isfile(config_path):
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                arch = (json.load(f).get("architectures") or [None])[0]
+        except (ValueError, AttributeError):
+            pass  # BertConfig.load reports the bad file
+    return MODEL_CLASSES.get(arch, BertModel).from_pretrained(directory, **kwargs)

@@ -1,0 +1,367 @@
+"""The BERT encoder (Devlin et al., 2018), its pre-training heads, and the fine-tuning heads.
+
+Read top to bottom: embeddings -> self-attention -> feed-forward -> layer -> encoder -> pooler, then
+the heads. The model is written for one device; distribution, compilation and checkpoint formats live
+elsewhere (train/distributed.py, checkpoint.py). Parameter names here are our own; the one table that
+maps them to HuggingFace's names is in checkpoint.py.
+
+Shapes: B batch, T tokens, H hidden, nh heads, hs head size, N masked positions, C choices, V vocab.
+Left out on purpose: relative position embeddings, decoder/cross-attention and KV caches (an encoder
+never uses them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bertkit.checkpoint import PretrainedMixin
+from bertkit.config import BertConfig
+
+IGNORE_INDEX = -100  # label value for positions that do not enter a loss (HF's convention)
+
+
+def activation(name: str):
+    if name == "gelu":
+        return F.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    return F.relu
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder
+
+
+class Embeddings(nn.Module):
+    """Token + segment + position embeddings, summed (paper, section 3, figure 2), then LayerNorm."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.segment = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor:
+        T = input_ids.shape[-1]
+        x = self.word(input_ids) + self.position.weight[:T]  # (B, T, H)
+        if segment_ids is None:
+            x = x + self.segment.weight[0]
+        else:
+            x = x + self.segment(segment_ids)
+        return self.dropout(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention. Query, key and value come from one fused projection (one GEMM)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, return_probs: bool = False):
+        B, T, H = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if return_probs:
+            # Reference path: the explicit softmax, used when the caller wants the attention maps.
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, T, T)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            probs = scores.softmax(dim=-1)
+            y = F.dropout(probs, dropout_p, self.training) @ v
+        else:
+            probs = None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        return self.out(y), probs
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class Layer(nn.Module):
+    """One Transformer layer, post-LayerNorm as in the original: x = LN(x + Dropout(Sublayer(x)))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, return_probs: bool = False):
+        a, probs = self.attention(x, mask, return_probs)
+        x = self.attention_norm(x + self.dropout(a))
+        x = self.ffn_norm(x + self.dropout(self.ffn(x)))
+        return x, probs
+
+
+@dataclass
+class EncoderOutput:
+    last_hidden_state: torch.Tensor  # (B, T, H)
+    pooler_output: torch.Tensor | None  # (B, H): tanh(W h_[CLS] + b)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings output, then each layer's
+    attentions: tuple[torch.Tensor, ...] | None = None  # (B, nh, T, T) per layer
+
+
+class BertModel(PretrainedMixin, nn.Module):
+    """The bidirectional Transformer encoder, with the [CLS] pooler."""
+
+    def __init__(self, config: BertConfig, add_pooler: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooler else None
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        token_type_ids: torch.Tensor | None = None,  # (B, T) segment ids: 0 for A, 1 for B
+        attention_mask: torch.Tensor | None = None,  # (B, T) 1 for tokens, 0 for padding
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> EncoderOutput:
+        x = self.embeddings(input_ids, token_type_ids)
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True where a key may be attended
+        hidden_states = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for layer in self.layers:
+            x, probs = layer(x, mask, output_attentions)
+            if output_hidden_states:
+                hidden_states.append(x)
+            if output_attentions:
+                attentions.append(probs)
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
+        return EncoderOutput(x, pooled, tuple(hidden_states) if hidden_states else None,
+                             tuple(attentions) if attentions else None)
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """Normal(0, 0.02) weights, zero biases, LayerNorm 1/0, as in the paper's code."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-training heads
+
+
+class MaskedLMHead(nn.Module):
+    """Dense + GELU + LayerNorm, then the vocabulary projection tied to the word embeddings, plus a bias."""
+
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.word_embeddings = [word_embeddings]  # a list, so the tied matrix is not registered twice
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (..., H) -> (..., V)
+        h = self.norm(self.act(self.dense(h)))
+        return F.linear(h, self.word_embeddings[0].weight, self.bias)
+
+
+def masked_lm_loss(head: MaskedLMHead, hidden: torch.Tensor, labels: torch.Tensor, sparse: bool = True):
+    """Cross-entropy over the chosen positions only (labels != IGNORE_INDEX).
+
+    Sparse (the default) gathers the chosen positions first and decodes only those: ~15% of the tokens,
+    so the (H x V) projection, the largest matmul of a small BERT, costs ~7x less. The loss is the same
+    as decoding every position and ignoring the rest (`sparse=False`, kept as the reference path).
+    Returns (loss, logits at the chosen positions (N, V), their labels (N,)).
+    """
+    chosen = labels != IGNORE_INDEX  # (B, T)
+    targets = labels[chosen]  # (N,)
+    if sparse:
+        logits = head(hidden[chosen])  # (N, V)
+    else:
+        logits = head(hidden)[chosen]  # (B, T, V) -> (N, V)
+    loss = F.cross_entropy(logits.float(), targets)
+    return loss, logits, targets
+
+
+@dataclass
+class PreTrainingOutput:
+    loss: torch.Tensor | None = None  # mlm_loss + nsp_loss
+    mlm_loss: torch.Tensor | None = None
+    nsp_loss: torch.Tensor | None = None
+    mlm_logits: torch.Tensor | None = None  # (N, V) at the chosen positions when labels are given, else (B, T, V)
+    mlm_targets: torch.Tensor | None = None  # (N,)
+    nsp_logits: torch.Tensor | None = None  # (B, 2): index 0 IsNext, 1 NotNext (HF's convention)
+
+
+class BertForPreTraining(PretrainedMixin, nn.Module):
+    """Encoder + MLM head + NSP head (a 2-way classifier on the pooled [CLS] output)."""
+
+    def __init__(self, config: BertConfig, sparse_mlm: bool = True):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.mlm = MaskedLMHead(config, self.bert.embeddings.word)
+        self.nsp = nn.Linear(config.hidden_size, 2)
+        self.sparse_mlm = sparse_mlm
+        for m in (self.mlm, self.nsp):
+            m.apply(lambda m: init_weights(m, config.initializer_range))
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
+                next_sentence_label=None) -> PreTrainingOutput:
+        """labels: (B, T) original ids at the chosen positions, IGNORE_INDEX elsewhere.
+        next_sentence_label: (B,) 0 IsNext, 1 NotNext; None skips the NSP loss (e.g. --objective none)."""
+        enc = self.bert(input_ids, token_type_ids, attention_mask)
+        out = PreTrainingOutput(nsp_logits=self.nsp(enc.pooler_output))
+        if labels is None:
+            out.mlm_logits = self.mlm(enc.last_hidden_state)
+            return out
+        out.mlm_loss, out.mlm_logits, out.mlm_targets = masked_lm_loss(
+            self.mlm, enc.last_hidden_state, labels, self.sparse_mlm)
+        out.loss = out.mlm_loss
+        if next_sentence_label is not None:
+            out.nsp_loss = F.cross_entropy(out.nsp_logits.float(), next_sentence_label)
+            out.loss = out.loss + out.nsp_loss
+        return out
+
+
+class BertForMaskedLM(PretrainedMixin, nn.Module):
+    """Encoder + MLM head, no pooler (as HF's BertForMaskedLM): fill-mask and MLM-only training."""
+
+    def __init__(self, config: BertConfig, sparse_mlm: bool = True):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooler=False)
+        self.mlm = MaskedLMHead(config, self.bert.embeddings.word)
+        self.mlm.apply(lambda m: init_weights(m, config.initializer_range))
+        self.sparse_mlm = sparse_mlm
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> PreTrainingOutput:
+        hidden = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state
+        if labels is None:
+            return PreTrainingOutput(mlm_logits=self.mlm(hidden))
+        loss, logits, targets = masked_lm_loss(self.mlm, hidden, labels, self.sparse_mlm)
+        return PreTrainingOutput(loss=loss, mlm_loss=loss, mlm_logits=logits, mlm_targets=targets)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning heads: sentence-level from the pooled [CLS], token-level from every token.
+
+
+@dataclass
+class TaskOutput:
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # (B, num_labels), (B, T, num_labels) or (B, C)
+    start_logits: torch.Tensor | None = None  # span QA: (B, T)
+    end_logits: torch.Tensor | None = None
+
+
+class _TaskHead(PretrainedMixin, nn.Module):
+    def __init__(self, config: BertConfig, out_features: int | None, add_pooler: bool):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooler=add_pooler)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        if out_features is not None:
+            self.classifier = nn.Linear(config.hidden_size, out_features)
+            init_weights(self.classifier, config.initializer_range)
+
+
+class BertForSequenceClassification(_TaskHead):
+    """Classifier on the pooled [CLS] output. One label means regression (MSE), as STS-B."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config, config.num_labels, add_pooler=True)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> TaskOutput:
+        pooled = self.bert(input_ids, token_type_ids, attention_mask).pooler_output
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
+        return TaskOutput(loss=loss, logits=logits)
+
+
+class BertForTokenClassification(_TaskHead):
+    """A classifier on every token's output (tagging, NER). Labels of IGNORE_INDEX are not scored."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config, config.num_labels, add_pooler=False)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> TaskOutput:
+        hidden = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state
+        logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return TaskOutput(loss=loss, logits=logits)
+
+
+class BertForQuestionAnswering(_TaskHead):
+    """Start and end logits over the tokens for span extraction (SQuAD). No dropout, as HF."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config, None, add_pooler=False)
+        self.qa = nn.Linear(config.hidden_size, 2)
+        init_weights(self.qa, config.initializer_range)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, start_positions=None,
+                end_positions=None) -> TaskOutput:
+        hidden = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state
+        start, end = self.qa(hidden).unbind(-1)  # (B, T) each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            T = input_ids.shape[1]  # answers outside the window point past the end and are ignored
+            loss = (F.cross_entropy(start.float(), start_positions.clamp(0, T), ignore_index=T)
+                    + F.cross_entropy(end.float(), end_positions.clamp(0, T), ignore_index=T)) / 2
+        return TaskOutput(loss=loss, start_logits=start, end_logits=end)
+
+
+class BertForMultipleChoice(_TaskHead):
+    """One score per choice from its pooled [CLS] output; softmax over the choices."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config, 1, add_pooler=True)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> TaskOutput:
+        B, C, T = input_ids.shape  # (B, C, T): each choice is its own [CLS] context [SEP] ending [SEP]
+        flat = lambda t: None if t is None else t.reshape(B * C, T)  # noqa: E731
+        pooled = self.bert(flat(input_ids), flat(token_type_ids), flat(attention_mask)).pooler_output
+        logits = self.classifier(self.dropout(pooled)).view(B, C)  # (B, C)
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return TaskOutput(loss=loss, logits=logits)
+
+
+MODEL_CLASSES = {
+    cls.__name__: cls
+    for cls in (BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification,
+                BertForTokenClassification, BertForQuestionAnswering, BertForMultipleChoice)
+}
