@@ -113,7 +113,7 @@ class BertConfig:
         return cls(**kwargs, extra=extra)
 
     def save(self, path: str) -> None:
-        from bertkit.checkpoint import atomic_write_text
+        from bertkit.files import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 

@@ -1,0 +1,74 @@
+"""Files users hand us and files we write: strict UTF-8 reading with positions, atomic writes.
+
+Every file bertkit writes goes through `atomic_write`: written to a temporary name in the same
+directory, fsynced, then renamed over the target, so a crash leaves the old file or the new one,
+never half of either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from bertkit.errors import BertkitError
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str, write) -> None:
+    """Call write(tmp_path), then move tmp_path over `path` in one rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
+def atomic_write_json(path: str, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_text(path: str) -> str:
+    """A whole UTF-8 text file; invalid bytes are reported with their line and byte offset."""
+    if not os.path.exists(path):
+        raise BertkitError(f"{path}: file not found", hint="check the path")
+    if os.path.isdir(path):
+        raise BertkitError(f"{path}: is a directory, expected a text file", hint="pass a file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig") if data.startswith(b"\xef\xbb\xbf") else data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise BertkitError(f"{path}: line {line}: invalid UTF-8 at byte offset {e.start}",
+                           hint="convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def read_lines(path: str, skip_empty: bool = True) -> list[str]:
+    """Lines of a UTF-8 text file (one item per line); an input with no lines is an error."""
+    lines = [line.rstrip("\r") for line in read_text(path).split("\n")]
+    if skip_empty:
+        lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise BertkitError(f"{path}: file is empty", hint="give one text per line")
+    return lines
