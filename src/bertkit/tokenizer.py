@@ -11,6 +11,13 @@ new vocabularies, and saves directories that `transformers.AutoTokenizer` loads.
 Left out on purpose: added tokens beyond the five specials, other normalisers, and the
 `strip_accents`/`tokenize_chinese_chars` overrides; every model here is either BERT-cased or
 BERT-uncased, so a vocabulary and the lowercase flag fully determine the tokenizer.
+
+Known differences from transformers' pure-Python BertTokenizer, all inherited from the
+`tokenizers` library (and shared with transformers' own fast tokenizer): a word-final capital
+sigma lowercases to "σ", not "ς"; cased models do not NFC-compose text first; and when both
+texts of a pair must be cut to nearly equal lengths, an odd leftover token goes to the second.
+Training is not bit-for-bit reproducible (the trainer breaks frequency ties in hash order), so
+check prepared data against the saved tokenizer's `fingerprint`, not against a re-training.
 """
 
 from __future__ import annotations
@@ -18,8 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
@@ -27,6 +33,9 @@ import tokenizers
 import torch
 from tokenizers import decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import WordPiece
+
+from bertkit.errors import BertkitError
+from bertkit.files import atomic_write_json, atomic_write_text, read_text
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # a trained vocabulary gives them ids 0..4
@@ -57,41 +66,40 @@ def _build_backend(tokens: list[str], lowercase: bool) -> tokenizers.Tokenizer:
 
 
 def _require_specials(vocab: Iterable[str], source: object) -> None:
-    missing = [token for token in SPECIAL_TOKENS if token not in set(vocab)]
+    vocab = set(vocab)
+    missing = [token for token in SPECIAL_TOKENS if token not in vocab]
     if missing:
-        raise ValueError(
-            f"{source} lacks the special token(s) {' '.join(missing)}; a BERT vocabulary needs all of "
-            f"{' '.join(SPECIAL_TOKENS)}. Add the missing ones as lines of the vocabulary.")
+        raise BertkitError(f"{source} lacks the special token(s) {' '.join(missing)}",
+                           hint=f"a BERT vocabulary needs all of {' '.join(SPECIAL_TOKENS)}; add the missing ones")
 
 
 def _read_vocab(path: Path) -> list[str]:
     """The tokens of a vocab.txt in id order (line 1 is id 0), checked for BERT's needs."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise ValueError(
-            f"{path} is not UTF-8: byte 0x{data[err.start]:02x} at byte offset {err.start} (line {line}) "
-            f"cannot be decoded. Re-save the vocabulary as UTF-8.") from None
     # Split on "\n" only: str.splitlines would also split inside tokens such as "\x1c" and shift ids.
-    lines = text.removeprefix("\ufeff").split("\n")
+    lines = read_text(str(path)).split("\n")
     if lines[-1] == "":
         lines.pop()  # the newline that ends the last line
     tokens = [line.removesuffix("\r") for line in lines]
     if not tokens:
-        raise ValueError(f"{path} is empty; a vocab.txt holds one token per line, line 1 being id 0.")
+        raise BertkitError(f"{path}: file is empty", hint="a vocab.txt holds one token per line, line 1 being id 0")
     first_line: dict[str, int] = {}
     for line_number, token in enumerate(tokens, start=1):
         if token == "":
-            raise ValueError(f"{path}, line {line_number}: empty line; every line must hold one token.")
+            raise BertkitError(f"{path}: line {line_number}: empty line", hint="every line must hold one token")
         if token in first_line:
-            raise ValueError(
-                f"{path}: token {token!r} appears twice, on lines {first_line[token]} and {line_number}. "
-                f"Each token must appear once, since its line number is its id.")
+            raise BertkitError(
+                f"{path}: token {token!r} appears twice, on lines {first_line[token]} and {line_number}",
+                hint="each token must appear once, since its line number is its id")
         first_line[token] = line_number
     _require_specials(first_line, path)
     return tokens
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(read_text(str(path)))
+    except json.JSONDecodeError as err:
+        raise BertkitError(f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
 
 
 def _resolve_lowercase(found: bool | None, requested: bool | None, source: object) -> bool:
@@ -99,22 +107,9 @@ def _resolve_lowercase(found: bool | None, requested: bool | None, source: objec
     if found is None:
         return True if requested is None else requested
     if requested is not None and requested != found:
-        raise ValueError(f"lowercase={requested} was requested but {source} says lowercase={found}; "
-                         "drop the argument or fix the file.")
+        raise BertkitError(f"lowercase={requested} was requested but {source} says lowercase={found}",
+                           hint="drop the argument or fix the file")
     return found
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file so a crash never leaves a half-written file behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a saved tokenizer is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 class Tokenizer:
@@ -157,7 +152,7 @@ class Tokenizer:
                 f"{directory} holds neither tokenizer.json nor vocab.txt; expected one of them, "
                 "as written by save_pretrained or found in a HuggingFace BERT checkpoint")
         config_file = directory / "tokenizer_config.json"
-        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        config = _read_json(config_file) if config_file.is_file() else {}
         lowercase = _resolve_lowercase(config.get("do_lower_case"), lowercase, config_file)
         return cls.from_vocab(vocab_file, lowercase)
 
@@ -165,10 +160,7 @@ class Tokenizer:
     def _from_tokenizer_json(cls, path: Path, lowercase: bool | None) -> Tokenizer:
         # The vocabulary and lowercase flag are read from the file and the pipeline rebuilt from
         # them, so a loaded tokenizer behaves exactly like one built by from_vocab.
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} is not a valid tokenizer.json: {err}") from None
+        spec = _read_json(path)
         model, normalizer = spec.get("model") or {}, spec.get("normalizer") or {}
         is_bert = (
             model.get("type") == "WordPiece" and model.get("continuing_subword_prefix") == "##"
@@ -177,15 +169,16 @@ class Tokenizer:
             and normalizer.get("handle_chinese_chars")
             and normalizer.get("strip_accents") in (None, normalizer.get("lowercase")))
         if not is_bert:
-            raise ValueError(
-                f"{path} is not a BERT WordPiece tokenizer: expected a WordPiece model ('##' prefix, "
-                f"max_input_chars_per_word={MAX_INPUT_CHARS_PER_WORD}) and BERT's BertNormalizer, found "
-                f"model {model.get('type')!r} and normalizer {normalizer}")
+            raise BertkitError(
+                f"{path} is not a BERT WordPiece tokenizer: found model {model.get('type')!r} "
+                f"and normalizer {normalizer}",
+                hint=f"expected a WordPiece model ('##' prefix, max_input_chars_per_word="
+                     f"{MAX_INPUT_CHARS_PER_WORD}) and BERT's BertNormalizer")
         lowercase = _resolve_lowercase(normalizer["lowercase"], lowercase, path)
         vocab: dict[str, int] = model["vocab"]
         tokens = sorted(vocab, key=vocab.get)
         if [vocab[token] for token in tokens] != list(range(len(tokens))):
-            raise ValueError(f"{path}: vocabulary ids must run 0..{len(tokens) - 1} without gaps")
+            raise BertkitError(f"{path}: vocabulary ids must run 0..{len(tokens) - 1} without gaps")
         _require_specials(vocab, path)
         return cls(_build_backend(tokens, lowercase), lowercase)
 
@@ -193,14 +186,16 @@ class Tokenizer:
         """Write tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        specials = {"unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS, "mask_token": MASK}
+        specials = {"unk_token": UNK, "sep_token": SEP, "pad_token": PAD,
+                    "cls_token": CLS, "mask_token": MASK}
         config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.lowercase,
                   "strip_accents": None, "tokenize_chinese_chars": True,
                   "model_max_length": model_max_length, **specials}
-        _write_atomic(directory / "tokenizer.json", self.backend.to_str(pretty=True))
-        _write_atomic(directory / "vocab.txt", "".join(token + "\n" for token in self._tokens()))
-        _write_atomic(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
-        _write_atomic(directory / "special_tokens_map.json", json.dumps(specials, indent=2) + "\n")
+        # Each file is written atomically (temporary file, then rename): see bertkit.files.
+        atomic_write_text(str(directory / "tokenizer.json"), self.backend.to_str(pretty=True))
+        atomic_write_text(str(directory / "vocab.txt"), "".join(token + "\n" for token in self._tokens()))
+        atomic_write_json(str(directory / "tokenizer_config.json"), config)
+        atomic_write_json(str(directory / "special_tokens_map.json"), specials)
 
     @classmethod
     def train(cls, files: str | os.PathLike | Iterable[str | os.PathLike], vocab_size: int,
@@ -214,7 +209,7 @@ class Tokenizer:
                           vocab_size, lowercase, min_frequency, show_progress)
 
     @classmethod
-    def train_from_iterator(cls, iterator: Iterable[str] | Iterator[str], vocab_size: int,
+    def train_from_iterator(cls, iterator: Iterable[str], vocab_size: int,
                             lowercase: bool = True, min_frequency: int = 2,
                             show_progress: bool = False) -> Tokenizer:
         """Learn a WordPiece vocabulary of at most `vocab_size` tokens from strings."""
@@ -245,7 +240,7 @@ class Tokenizer:
         vocab = self.get_vocab()
         tokens = sorted(vocab, key=vocab.get)
         if vocab[tokens[-1]] != len(tokens) - 1:
-            raise ValueError(f"vocabulary ids must run 0..{len(tokens) - 1} without gaps")
+            raise BertkitError(f"vocabulary ids must run 0..{len(tokens) - 1} without gaps")
         return tokens
 
     @cached_property
@@ -260,9 +255,11 @@ class Tokenizer:
     def convert_ids_to_tokens(self, ids: int | Iterable[int]) -> str | list[str]:
         if isinstance(ids, int):
             return self.convert_ids_to_tokens([ids])[0]
-        tokens = [self.backend.id_to_token(int(i)) for i in ids]
+        ids = [int(i) for i in ids]
+        tokens = [self.backend.id_to_token(i) for i in ids]
         if None in tokens:
-            raise IndexError(f"id {list(ids)[tokens.index(None)]} is outside the vocabulary of {self.vocab_size}")
+            bad_id = ids[tokens.index(None)]
+            raise IndexError(f"id {bad_id} is outside the vocabulary of {self.vocab_size} tokens")
         return tokens
 
     def convert_tokens_to_ids(self, tokens: str | Iterable[str]) -> int | list[int]:
@@ -283,7 +280,8 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Word-piece ids of each text, without [CLS]/[SEP]; the backend runs them in parallel."""
-        return [encoding.ids for encoding in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+        encodings = self.backend.encode_batch(list(texts), add_special_tokens=False)
+        return [encoding.ids for encoding in encodings]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -314,7 +312,8 @@ class Tokenizer:
         if text_pairs is not None:
             text_pairs = [text_pairs] if isinstance(text_pairs, str) else list(text_pairs)
             if len(text_pairs) != len(texts):
-                raise ValueError(f"got {len(texts)} texts but {len(text_pairs)} text_pairs; they pair up one to one")
+                raise ValueError(
+                    f"got {len(texts)} texts but {len(text_pairs)} text_pairs; they pair up one to one")
             inputs = list(zip(texts, text_pairs))
         if padding is True:
             padding = "longest"
@@ -352,6 +351,10 @@ class Tokenizer:
             batch["word_ids"] = [pad([-1 if w is None else w for w in e.word_ids], -1) for e in encodings]
         if length is None or return_tensors is None:
             return batch
-        shape = (len(encodings), length)
-        return {name: torch.tensor(values, dtype=torch.long).reshape(*shape, *((2,) if name == "offset_mapping" else ()))
-                for name, values in batch.items()}
+        # reshape keeps (batch, seq) even for an empty batch, where torch.tensor([]) is 1-D.
+        tensors = {name: torch.tensor(values, dtype=torch.long).reshape(len(encodings), length)
+                   for name, values in batch.items() if name != "offset_mapping"}
+        if return_offsets:
+            tensors["offset_mapping"] = torch.tensor(
+                batch["offset_mapping"], dtype=torch.long).reshape(len(encodings), length, 2)
+        return tensors

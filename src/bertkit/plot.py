@@ -1,0 +1,62 @@
+"""Training curves from metrics.jsonl: loss, MLM and NSP accuracy, learning rate and throughput per step.
+
+Several run directories are overlaid; held-out (validation) points are drawn as markers on the same axes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from bertkit.errors import BertkitError
+from bertkit.files import atomic_write
+
+PANELS = [("loss", "loss"), ("mlm_accuracy", "MLM accuracy"), ("nsp_accuracy", "NSP accuracy"),
+          ("lr", "learning rate"), ("tokens_per_s", "tokens / s")]
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl") if os.path.isdir(run_dir) else run_dir
+    if not os.path.isfile(path):
+        raise BertkitError(f"{path}: no metrics file", hint="pass a run directory written by bertkit pretrain/finetune")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise BertkitError(f"{path}: line {number} is not JSON", hint="the file is damaged") from None
+    return rows
+
+
+def plot_runs(run_dirs: list[str], out: str) -> str:
+    """Draw the panels that have data for any of the runs into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {d: read_metrics(d) for d in run_dirs}
+    panels = [(k, title) for k, title in PANELS if any(k in r for rows in runs.values() for r in rows)]
+    if not panels:
+        raise BertkitError(f"{', '.join(run_dirs)}: no metrics to plot", hint="the run has not logged a step yet")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.3), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for i, (run, rows) in enumerate(runs.items()):
+            color = f"C{i}"
+            label = os.path.basename(os.path.normpath(run))
+            train = [(r["step"], r[key]) for r in rows if key in r and r.get("split") != "validation"]
+            held = [(r["step"], r[key]) for r in rows if key in r and r.get("split") == "validation"]
+            if train:
+                ax.plot(*zip(*train), color=color, label=f"{label} (train)", linewidth=1.2)
+            if held:
+                ax.plot(*zip(*held), "o--", color=color, label=f"{label} (held-out)", markersize=4)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return out

@@ -1,0 +1,373 @@
+"""The pre-training loop: MLM + NSP on prepared data, resumable, single process or torchrun DDP.
+
+One optimizer step: for each micro-batch, forward under autocast and backward (gradients summed locally
+and, under DDP, averaged over ranks on the last one); clip; skip the step if the gradient is not finite;
+AdamW step with the warmup/decay learning rate; log; maybe evaluate; maybe save.
+
+Determinism, which makes resume exact and the rank layout irrelevant: the sample order of an epoch is a
+permutation seeded by (seed, epoch); micro-batch j of step s takes the j-th slice of the step's samples,
+rank r takes micro-batches j = a * world + r; dropout is seeded by (seed, step, j). One process with
+accumulation 2 and two processes with accumulation 1 therefore see the same samples and the same dropout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bertkit.config import BertConfig, preset
+from bertkit.errors import BertkitError
+from bertkit.files import atomic_write_json, atomic_write_text
+from bertkit.model import BertForPreTraining
+from bertkit.train import distributed
+from bertkit.train.optim import build_optimizer, set_lr, warmup_linear
+from bertkit.train.state import complete_checkpoints, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class PretrainConfig:
+    data: list[str]
+    out: str
+    model_config: str = "mini"  # a preset name or a config.json path
+    init: str | None = None  # a model directory to continue from (phase 2 at a longer --seq-len)
+    steps: int = 1000
+    batch_size: int = 32  # per process and micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-4  # the paper's peak learning rate for BERT-base
+    warmup: float = 0.01  # fraction of the steps (the paper: 10k of 1M)
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seq_len: int = 128
+    objective: str = "nsp"
+    masking: str = "token"
+    max_predictions: int | None = None  # default round(0.15 * seq_len)
+    precision: str = "fp32"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    eval_samples: int = 1024
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    resume: bool = False
+    compile: bool = False
+    device: str | None = None
+    parallel: str = "ddp"  # or "fsdp"
+    max_bad_steps: int = 10  # stop after this many consecutive non-finite steps
+    dropout: float | None = None  # override the config's dropout probabilities
+    show_progress: bool = True
+    model_overrides: dict = field(default_factory=dict)
+
+
+def load_model_config(spec: str) -> BertConfig:
+    if os.path.isfile(spec):
+        return BertConfig.load(spec)
+    if spec.endswith(".json"):
+        raise BertkitError(f"--model-config {spec}: file not found", hint="pass a config.json or a preset name")
+    return preset(spec)
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to save and exit at the next step boundary instead of dying mid-step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_out_dir(cfg: PretrainConfig) -> None:
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise BertkitError(f"--out {cfg.out}: exists and is not a directory", hint="choose another --out")
+    if os.path.isdir(cfg.out) and os.listdir(cfg.out) and not cfg.resume:
+        raise BertkitError(f"--out {cfg.out}: directory exists and is not empty",
+                           hint="pass --resume to continue that run, or choose a new --out")
+
+
+def build(cfg: PretrainConfig):
+    """Everything the loop needs, validated before anything is written."""
+    from bertkit.data.pretraining import PreparedCorpus, PretrainingDataset
+    from bertkit.data.prepare import load_manifest
+    from bertkit.tokenizer import Tokenizer
+
+    for choice, allowed in ((cfg.objective, ("nsp", "none")), (cfg.masking, ("token", "whole-word")),
+                            (cfg.precision, ("fp32", "bf16")), (cfg.parallel, ("ddp", "fsdp"))):
+        if choice not in allowed:
+            raise BertkitError(f"{choice!r} is not one of {', '.join(allowed)}", hint="see bertkit pretrain --help")
+    for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "save_every"):
+        if getattr(cfg, name) < 1:
+            raise BertkitError(f"--{name.replace('_', '-')} must be at least 1", hint="pass a positive number")
+    _check_out_dir(cfg)
+    for d in cfg.data:
+        load_manifest(d)
+    tokenizer = Tokenizer.from_pretrained(os.path.join(cfg.data[0], "tokenizer"))
+    if cfg.init:
+        model = BertForPreTraining.from_pretrained(cfg.init)
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise BertkitError(
+                f"--init {cfg.init}: the model's vocabulary has {model.config.vocab_size} entries but the prepared "
+                f"data's tokenizer ({cfg.data[0]}/tokenizer) has {tokenizer.vocab_size}",
+                hint="prepare the data with the tokenizer saved in the --init directory")
+        init_tok = os.path.join(cfg.init, "vocab.txt")
+        if os.path.exists(init_tok) and Tokenizer.from_pretrained(cfg.init).fingerprint != tokenizer.fingerprint:
+            raise BertkitError(f"--init {cfg.init}: its tokenizer differs from the one the data was prepared with",
+                               hint=f"prepare the data with --tokenizer {cfg.init}")
+    else:
+        config = load_model_config(cfg.model_config)
+        config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
+                                     **cfg.model_overrides)
+        model = BertForPreTraining(config)
+    if cfg.dropout is not None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = cfg.dropout
+        for layer in model.bert.layers:
+            layer.attention.dropout_p = cfg.dropout
+    if cfg.seq_len > model.config.max_position_embeddings:
+        raise BertkitError(f"--seq-len {cfg.seq_len} is longer than the model's {model.config.max_position_embeddings} "
+                           "positions", hint="lower --seq-len, or use a config with more max_position_embeddings")
+    common = dict(seq_len=cfg.seq_len, objective=cfg.objective, masking=cfg.masking,
+                  max_predictions=cfg.max_predictions, seed=cfg.seed)
+    train = PretrainingDataset.from_tokenizer(PreparedCorpus(cfg.data, "train"), tokenizer, **common)
+    validation = None
+    try:
+        val_corpus = PreparedCorpus(cfg.data, "validation")
+        if val_corpus.num_documents >= (2 if cfg.objective == "nsp" else 1):
+            validation = PretrainingDataset.from_tokenizer(val_corpus, tokenizer, **common)
+    except BertkitError:
+        validation = None
+    return model, tokenizer, train, validation
+
+
+def micro_batches(order: np.ndarray, offset: int, cfg: PretrainConfig, world: distributed.World):
+    """This rank's micro-batches of one step: (is_last, j, sample indices)."""
+    for a in range(cfg.grad_accum):
+        j = a * world.world_size + world.rank
+        start = offset + j * cfg.batch_size
+        yield a == cfg.grad_accum - 1, j, order[start:start + cfg.batch_size]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model, dataset, cfg: PretrainConfig, device) -> dict:
+    """Held-out MLM and NSP loss and accuracy on the first eval_samples samples (fixed masks)."""
+    from bertkit.data.pretraining import collate
+
+    model.eval()
+    dataset.set_epoch(0)
+    n = min(len(dataset), cfg.eval_samples)
+    totals = dict(mlm_loss=0.0, mlm_correct=0, mlm_count=0, nsp_loss=0.0, nsp_correct=0, nsp_count=0)
+    for start in range(0, n, cfg.batch_size):
+        batch = to_device(collate([dataset[i] for i in range(start, min(n, start + cfg.batch_size))],
+                                  dataset.pad_id), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            out = model(**batch)
+        _accumulate(totals, out, batch)
+    model.train()
+    return _summarize(totals)
+
+
+def _accumulate(totals: dict, out, batch: dict) -> None:
+    count = out.mlm_targets.numel()
+    totals["mlm_loss"] += out.mlm_loss.item() * count
+    totals["mlm_correct"] += (out.mlm_logits.argmax(-1) == out.mlm_targets).sum().item()
+    totals["mlm_count"] += count
+    if out.nsp_loss is not None:
+        labels = batch["next_sentence_label"]
+        totals["nsp_loss"] += out.nsp_loss.item() * labels.numel()
+        totals["nsp_correct"] += (out.nsp_logits.argmax(-1) == labels).sum().item()
+        totals["nsp_count"] += labels.numel()
+
+
+def _summarize(t: dict) -> dict:
+    m = {"mlm_loss": t["mlm_loss"] / max(1, t["mlm_count"]), "mlm_accuracy": t["mlm_correct"] / max(1, t["mlm_count"])}
+    if t["nsp_count"]:
+        m.update(nsp_loss=t["nsp_loss"] / t["nsp_count"], nsp_accuracy=t["nsp_correct"] / t["nsp_count"])
+        m["loss"] = m["mlm_loss"] + m["nsp_loss"]
+    else:
+        m["loss"] = m["mlm_loss"]
+    return m
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+    """On resume, drop metric lines past the checkpoint so the file reads as one uninterrupted run."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    atomic_write_text(path, "".join(lines))
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Run (or resume) pre-training; returns the last evaluation metrics."""
+    from tqdm.auto import tqdm
+
+    from bertkit.data.pretraining import collate
+
+    world = distributed.setup(cfg.device)
+    model, tokenizer, train_set, validation = build(cfg)
+    model.to(world.device)
+    wrapped = distributed.wrap(model, world, cfg.parallel)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped, dynamic=True)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    step, epoch, offset, bad_steps_total = 0, 0, 0, 0
+    metrics_path = os.path.join(cfg.out, "metrics.jsonl")
+    checkpoints = complete_checkpoints(cfg.out) if cfg.resume else []
+    if checkpoints:
+        state = load_checkpoint(checkpoints[-1], model, optimizer)
+        step, epoch, offset = state["step"], state["epoch"], state["offset"]
+        bad_steps_total = state.get("skipped_steps", 0)
+        if world.is_main:
+            print(f"resuming from {checkpoints[-1]} (step {step})", file=sys.stderr)
+            _truncate_metrics(metrics_path, step)
+    elif cfg.resume and world.is_main:
+        print(f"--resume: no complete checkpoint in {cfg.out}; starting from step 0", file=sys.stderr)
+    if world.is_main:
+        os.makedirs(cfg.out, exist_ok=True)
+        atomic_write_json(os.path.join(cfg.out, "run.json"), dataclasses.asdict(cfg))
+    samples_per_step = cfg.batch_size * cfg.grad_accum * world.world_size
+    train_set.set_epoch(epoch)
+    if len(train_set) < samples_per_step:
+        raise BertkitError(f"the training data has {len(train_set)} samples, fewer than one step needs "
+                           f"({samples_per_step})", hint="prepare more text or lower --batch-size")
+    order = epoch_order(len(train_set), cfg.seed, epoch)
+    warmup_steps = max(1, round(cfg.warmup * cfg.steps))
+    autocast = torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    window = dict(mlm_loss=0.0, mlm_correct=0, mlm_count=0, nsp_loss=0.0, nsp_correct=0, nsp_count=0)
+    window_tokens, window_norm, window_steps, window_start = 0, 0.0, 0, time.perf_counter()
+    consecutive_bad = 0
+    last_eval: dict = {}
+    progress = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step",
+                    disable=not (cfg.show_progress and world.is_main), dynamic_ncols=True)
+
+    def checkpoint(at_step: int) -> str | None:
+        path = None
+        if world.is_main:
+            path = save_checkpoint(cfg.out, at_step, model, tokenizer, optimizer,
+                                   {"epoch": epoch, "offset": offset, "skipped_steps": bad_steps_total,
+                                    "seed": cfg.seed}, keep=cfg.keep_checkpoints)
+        distributed.barrier(world)
+        return path
+
+    model.train()
+    with StopRequest() as stop:
+        while step < cfg.steps:
+            lr = cfg.lr * warmup_linear(step, warmup_steps, cfg.steps)
+            set_lr(optimizer, lr)
+            for is_last, j, indices in micro_batches(order, offset, cfg, world):
+                batch = to_device(collate([train_set[int(i)] for i in indices], train_set.pad_id), world.device)
+                torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + j)  # dropout, independent of rank layout
+                # DDP all-reduces gradients on the last micro-batch only
+                skip_sync = world.distributed and not is_last and hasattr(wrapped, "no_sync")
+                with wrapped.no_sync() if skip_sync else contextlib.nullcontext():
+                    with autocast:
+                        out = wrapped(**batch)
+                    (out.loss / cfg.grad_accum).backward()
+                _accumulate(window, out, batch)
+                window_tokens += int(batch["attention_mask"].sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+                consecutive_bad = 0
+            else:
+                bad_steps_total += 1
+                consecutive_bad += 1
+                if consecutive_bad >= cfg.max_bad_steps:
+                    last = complete_checkpoints(cfg.out)
+                    raise BertkitError(
+                        f"step {step}: loss or gradient not finite for {consecutive_bad} consecutive steps",
+                        hint=f"last good checkpoint: {last[-1] if last else 'none'}; likely causes: learning rate too "
+                             "high, fp16/bf16 overflow, or corrupt data; lower --lr or use --precision fp32")
+            optimizer.zero_grad(set_to_none=True)
+            window_norm += float(grad_norm)
+            window_steps += 1
+            step += 1
+            offset += samples_per_step
+            if offset + samples_per_step > len(train_set):  # next epoch: new NSP pairs, new masks, new order
+                epoch, offset = epoch + 1, 0
+                train_set.set_epoch(epoch)
+                order = epoch_order(len(train_set), cfg.seed, epoch)
+            progress.update(1)
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                keys = list(window)
+                sums = distributed.all_reduce_sum([window[k] for k in keys] + [window_tokens], world)
+                elapsed = time.perf_counter() - window_start
+                line = {"step": step, **_summarize(dict(zip(keys, sums[:-1]))), "lr": lr,
+                        "tokens_per_s": sums[-1] / elapsed, "grad_norm": window_norm / window_steps,
+                        "skipped_steps": bad_steps_total, "epoch": epoch}
+                if world.is_main:
+                    with open(metrics_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(line) + "\n")
+                    progress.set_postfix(loss=f"{line['loss']:.3f}", mlm_acc=f"{line['mlm_accuracy']:.3f}",
+                                         tok_s=f"{line['tokens_per_s']:.0f}")
+                window = dict.fromkeys(window, 0)
+                window_tokens, window_norm, window_steps, window_start = 0, 0.0, 0, time.perf_counter()
+
+            if validation is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                if world.is_main:
+                    last_eval = {"step": step, **evaluate(model, validation, cfg, world.device), "split": "validation"}
+                    with open(metrics_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(last_eval) + "\n")
+                    progress.write(f"step {step}: held-out " + ", ".join(
+                        f"{k} {v:.4f}" for k, v in last_eval.items() if k not in ("step", "split")))
+                distributed.barrier(world)
+                window_start = time.perf_counter()  # evaluation time is not training throughput
+
+            stop_now = distributed.all_reduce_sum([float(stop.requested)], world)[0] > 0
+            if step % cfg.save_every == 0 or step == cfg.steps or stop_now:
+                path = checkpoint(step)
+                if stop_now and step < cfg.steps:
+                    progress.close()
+                    if world.is_main:
+                        print(f"stopped at step {step}; checkpoint {path}. Resume with the same command plus --resume",
+                              file=sys.stderr)
+                    distributed.teardown()
+                    return last_eval
+    progress.close()
+    if world.is_main:
+        final = os.path.join(cfg.out, "model")
+        tmp = final + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        try:
+            from bertkit.plot import plot_runs
+
+            plot_runs([cfg.out], os.path.join(cfg.out, "curves.png"))
+        except Exception as e:  # a plot is a convenience; never lose a finished run over it
+            print(f"note: could not draw curves.png ({e})", file=sys.stderr)
+    distributed.teardown()
+    return last_eval

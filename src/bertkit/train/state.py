@@ -1,0 +1,115 @@
+"""Run checkpoints: the model as a HuggingFace directory, plus the training state, with no pickle.
+
+    RUN_DIR/checkpoints/step-00000100/
+        model/                  config.json, model.safetensors, tokenizer files (loads in transformers)
+        optimizer.safetensors   AdamW moments and step counts, keyed "state.{param_index}.{name}"
+        trainer_state.json      step, data position, optimizer hyper-parameters, metrics; written last
+
+A checkpoint is written under a temporary name, fsynced, and renamed: a directory called step-N with a
+trainer_state.json in it is complete, anything else is debris from a crash and is ignored (and removed
+by the next save). The data position needs no RNG state: samples and dropout are seeded from
+(seed, step), so the step number alone resumes the exact stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import torch
+
+from bertkit.checkpoint import load_tensors, save_tensors
+from bertkit.errors import BertkitError
+from bertkit.files import atomic_write_json
+
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Split an optimizer state_dict into tensors (for safetensors) and plain hyper-parameters (for JSON)."""
+    sd = optimizer.state_dict()
+    tensors = {f"state.{index}.{name}": value for index, entry in sd["state"].items()
+               for name, value in entry.items()}
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           groups: list[dict]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(run_dir: str, step: int, model, tokenizer, optimizer, trainer_state: dict,
+                    keep: int = 2) -> str:
+    """Write checkpoints/step-N atomically; keep the newest `keep` complete ones."""
+    root = os.path.join(run_dir, "checkpoints")
+    final = os.path.join(root, f"step-{step:08d}")
+    tmp = os.path.join(root, f".step-{step:08d}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        model.save_pretrained(os.path.join(tmp, "model"))
+        tokenizer.save_pretrained(os.path.join(tmp, "model"))
+        tensors, groups = optimizer_tensors(optimizer)
+        save_tensors(os.path.join(tmp, OPTIMIZER_NAME), tensors)
+        atomic_write_json(os.path.join(tmp, STATE_NAME), {**trainer_state, "step": step, "optimizer_groups": groups})
+        if os.path.exists(final):  # re-saving the same step (a resumed run that stops where it started)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BertkitError(f"{final}: could not write checkpoint ({e.strerror or e})",
+                           hint="free disk space or fix permissions; the previous checkpoint is intact") from None
+    for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for name in os.listdir(root):  # debris of interrupted saves
+        if name.startswith(".step-") and name != os.path.basename(tmp):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return final
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def complete_checkpoints(run_dir: str) -> list[str]:
+    """Complete checkpoint directories, oldest first."""
+    root = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        m = _STEP_DIR.match(name)
+        if m and os.path.isfile(os.path.join(root, name, STATE_NAME)):
+            found.append((int(m.group(1)), os.path.join(root, name)))
+    return [path for _, path in sorted(found)]
+
+
+def load_checkpoint(path: str, model, optimizer) -> dict:
+    """Restore model and optimizer from a checkpoint directory; returns the trainer state."""
+    from bertkit.checkpoint import load_state, read_weights
+
+    with open(os.path.join(path, STATE_NAME), encoding="utf-8") as f:
+        state = json.load(f)
+    report = load_state(model, read_weights(os.path.join(path, "model")), source=path)
+    if report.missing:
+        raise BertkitError(f"{path}: checkpoint lacks {', '.join(report.missing)}",
+                           hint="it was written by a different model; start a new --out")
+    load_optimizer_tensors(optimizer, load_tensors(os.path.join(path, OPTIMIZER_NAME)), state["optimizer_groups"])
+    return state
