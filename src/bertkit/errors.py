@@ -10,3 +10,7 @@ class BertkitError(ValueError):
         self.message = message
         self.hint = hint
         super().__init__(f"{message} ({hint})" if hint else message)
+
+
+class MissingFileError(BertkitError, FileNotFoundError):
+    """A file or directory the user named does not exist."""

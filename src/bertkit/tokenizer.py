@@ -34,7 +34,7 @@ import torch
 from tokenizers import decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import WordPiece
 
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, MissingFileError
 from bertkit.files import atomic_write_json, atomic_write_text, read_text
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -69,8 +69,9 @@ def _require_specials(vocab: Iterable[str], source: object) -> None:
     vocab = set(vocab)
     missing = [token for token in SPECIAL_TOKENS if token not in vocab]
     if missing:
-        raise BertkitError(f"{source} lacks the special token(s) {' '.join(missing)}",
-                           hint=f"a BERT vocabulary needs all of {' '.join(SPECIAL_TOKENS)}; add the missing ones")
+        raise BertkitError(
+            f"{source} lacks the special token(s) {' '.join(missing)}",
+            hint=f"a BERT vocabulary needs all of {' '.join(SPECIAL_TOKENS)}; add the missing ones")
 
 
 def _read_vocab(path: Path) -> list[str]:
@@ -81,11 +82,13 @@ def _read_vocab(path: Path) -> list[str]:
         lines.pop()  # the newline that ends the last line
     tokens = [line.removesuffix("\r") for line in lines]
     if not tokens:
-        raise BertkitError(f"{path}: file is empty", hint="a vocab.txt holds one token per line, line 1 being id 0")
+        raise BertkitError(f"{path}: file is empty",
+                           hint="a vocab.txt holds one token per line, line 1 being id 0")
     first_line: dict[str, int] = {}
     for line_number, token in enumerate(tokens, start=1):
         if token == "":
-            raise BertkitError(f"{path}: line {line_number}: empty line", hint="every line must hold one token")
+            raise BertkitError(f"{path}: line {line_number}: empty line",
+                               hint="every line must hold one token")
         if token in first_line:
             raise BertkitError(
                 f"{path}: token {token!r} appears twice, on lines {first_line[token]} and {line_number}",
@@ -99,7 +102,8 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(read_text(str(path)))
     except json.JSONDecodeError as err:
-        raise BertkitError(f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
+        raise BertkitError(
+            f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
 
 
 def _resolve_lowercase(found: bool | None, requested: bool | None, source: object) -> bool:
@@ -135,7 +139,7 @@ class Tokenizer:
         """Build from a vocab.txt: one token per line, line 1 being id 0."""
         path = Path(vocab_file)
         if not path.is_file():
-            raise FileNotFoundError(f"vocabulary file {path} does not exist")
+            raise MissingFileError(f"vocabulary file {path} does not exist")
         return cls(_build_backend(_read_vocab(path), lowercase), lowercase)
 
     @classmethod
@@ -143,12 +147,12 @@ class Tokenizer:
         """Load a directory holding tokenizer.json, or vocab.txt (plus tokenizer_config.json, if any)."""
         directory = Path(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"tokenizer directory {directory} does not exist")
+            raise MissingFileError(f"tokenizer directory {directory} does not exist")
         if (directory / "tokenizer.json").is_file():
             return cls._from_tokenizer_json(directory / "tokenizer.json", lowercase)
         vocab_file = directory / "vocab.txt"
         if not vocab_file.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{directory} holds neither tokenizer.json nor vocab.txt; expected one of them, "
                 "as written by save_pretrained or found in a HuggingFace BERT checkpoint")
         config_file = directory / "tokenizer_config.json"
@@ -204,7 +208,7 @@ class Tokenizer:
         files = [str(files)] if isinstance(files, (str, os.PathLike)) else [str(f) for f in files]
         missing = [f for f in files if not os.path.isfile(f)]
         if missing or not files:
-            raise FileNotFoundError(f"training file(s) not found: {', '.join(missing) or '(none given)'}")
+            raise MissingFileError(f"training file(s) not found: {', '.join(missing) or '(none given)'}")
         return cls._train(lambda backend, trainer: backend.train(files, trainer),
                           vocab_size, lowercase, min_frequency, show_progress)
 

@@ -1,0 +1,93 @@
+"""`bertkit embed` on the real all-MiniLM-L6-v2 weights against sentence-transformers."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import minilm_path
+
+
+def real_sentences(n: int = 120) -> list[str]:
+    """English sentences from the Python documentation that ships with every Python (pydoc_data)."""
+    from pydoc_data.topics import topics
+
+    text = " ".join(topics[k] for k in sorted(topics))
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", text))]
+    sentences = [s for s in sentences if 20 <= len(s) <= 400 and not s.startswith(("*", "="))]
+    assert len(sentences) >= n
+    return sentences[:: max(1, len(sentences) // n)][:n]
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    return real_sentences()
+
+
+@pytest.fixture(scope="module")
+def reference(sentences):
+    st = pytest.importorskip("sentence_transformers")
+    model = st.SentenceTransformer(str(minilm_path()), device="cpu")
+    return model.encode(sentences, batch_size=32, convert_to_numpy=True)  # mean pooling, then L2-normalised
+
+
+def run_embed(tmp_path, sentences, *flags):
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    out = tmp_path / "out.npy"
+    proc = subprocess.run([sys.executable, "-m", "bertkit", "embed", "--model", str(minilm_path()), "--input", str(inp),
+                           "--output", str(out), "--quiet", *flags], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return np.load(out)
+
+
+def test_embed_cli_matches_sentence_transformers(tmp_path, sentences, reference):
+    ours = run_embed(tmp_path, sentences, "--pooling", "mean", "--normalize", "--batch-size", "16")
+    assert ours.shape == (len(sentences), 384) and ours.dtype == np.float32
+    assert np.abs(ours - reference).max() < 1e-5
+
+
+def test_unnormalized_mean_pooling_matches_transformers_encoder(tmp_path, sentences):
+    transformers = pytest.importorskip("transformers")
+    ours = run_embed(tmp_path, sentences[:40], "--pooling", "mean")
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    hf = transformers.BertModel.from_pretrained(minilm_path()).eval()
+    batch = tok(sentences[:40], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = hf(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    assert np.abs(ours - expected).max() < 1e-5
+    assert not np.allclose(np.linalg.norm(ours, axis=1), 1.0)  # really unnormalised
+
+
+def test_cls_pooling_is_the_first_token(tmp_path, sentences):
+    from bertkit.model import BertModel
+    from bertkit.tokenizer import Tokenizer
+
+    ours = run_embed(tmp_path, sentences[:5], "--pooling", "cls")
+    model = BertModel.from_pretrained(minilm_path()).eval()
+    tok = Tokenizer.from_pretrained(minilm_path())
+    with torch.no_grad():
+        expected = model(**tok(sentences[:5])).last_hidden_state[:, 0].numpy()
+    assert np.abs(ours - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "file is empty"),
+    (b"fine line\n\xff\xfe broken\n", "line 2: invalid UTF-8 at byte offset 10"),
+])
+def test_embed_bad_input(tmp_path, content, message):
+    inp = tmp_path / "in.txt"
+    inp.write_bytes(content)
+    out = tmp_path / "out.npy"
+    out.write_bytes(b"keep me")
+    proc = subprocess.run([sys.executable, "-m", "bertkit", "embed", "--model", str(minilm_path()), "--input", str(inp),
+                           "--output", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and str(inp) in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == b"keep me"
