@@ -41,6 +41,81 @@ def cmd_embed(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def cmd_vocab(args: argparse.Namespace) -> None:
+    from bertkit.data.corpus import expand_inputs
+    from bertkit.tokenizer import Tokenizer
+
+    files = expand_inputs(args.input)
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
+        raise BertkitError(f"--out {args.out}: directory exists and is not empty", hint="choose a new --out or pass --force")
+    tokenizer = Tokenizer.train(files, vocab_size=args.vocab_size, lowercase=not args.cased,
+                                show_progress=not args.quiet)
+    tokenizer.save_pretrained(args.out)
+    print(f"wrote {args.out}: {tokenizer.vocab_size} WordPiece tokens ({'cased' if args.cased else 'uncased'})",
+          file=sys.stderr)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from bertkit.data.corpus import expand_inputs
+    from bertkit.data.prepare import prepare
+
+    manifest = prepare(expand_inputs(args.input), args.tokenizer, args.out, fmt=args.format, workers=args.workers,
+                       validation_fraction=args.validation_fraction, seed=args.seed,
+                       skip_bad_lines=args.skip_bad_lines, show_progress=not args.quiet)
+    for split, counts in manifest["splits"].items():
+        print(f"{split}: {counts['documents']} documents, {counts['sentences']} sentences, {counts['tokens']} tokens",
+              file=sys.stderr)
+    if manifest.get("bad_lines"):
+        print(f"skipped {manifest['bad_lines']} lines that were not valid UTF-8", file=sys.stderr)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from bertkit.train.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(
+        data=args.data, out=args.out, model_config=args.model_config, init=args.init, steps=args.steps,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
+        weight_decay=args.weight_decay, seq_len=args.seq_len, objective=args.objective, masking=args.masking,
+        max_predictions=args.max_predictions, precision=args.precision, seed=args.seed, log_every=args.log_every,
+        eval_every=args.eval_every, eval_samples=args.eval_samples, save_every=args.save_every,
+        keep_checkpoints=args.keep_checkpoints, resume=args.resume, compile=args.compile, device=args.device,
+        parallel=args.parallel, dropout=args.dropout, show_progress=not args.quiet)
+    pretrain(cfg)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from bertkit.demo import run_demo
+
+    run_demo(args.out, corpus_files=args.corpus, steps=args.steps, precision=args.precision, seed=args.seed,
+             show_progress=not args.quiet)
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> None:
+    import json
+
+    from bertkit.inference import fill_mask
+    from bertkit.model import BertForMaskedLM
+    from bertkit.tokenizer import Tokenizer
+
+    model = BertForMaskedLM.from_pretrained(args.model)
+    if model.load_report.missing:
+        raise BertkitError(f"{args.model}: the model has no MLM head ({', '.join(model.load_report.missing[:2])} "
+                           "missing)", hint="use a pre-trained (BertForPreTraining / BertForMaskedLM) directory")
+    tokenizer = Tokenizer.from_pretrained(args.model)
+    for text in args.text:
+        print(json.dumps({"text": text, "predictions": [
+            [{"token": token, "probability": round(p, 6)} for token, p in masks]
+            for masks in fill_mask(model, tokenizer, text, args.top_k)]}, ensure_ascii=False))
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from bertkit.plot import plot_runs
+
+    out = args.out or os.path.join(args.run_dir[0], "curves.png")
+    plot_runs(args.run_dir, out)
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -66,6 +141,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("vocab", help="learn a WordPiece vocabulary from text files")
+    p.add_argument("--input", nargs="+", required=True, help="text files, globs or directories")
+    p.add_argument("--vocab-size", type=positive_int, default=30522)
+    p.add_argument("--out", required=True, help="tokenizer directory to write")
+    p.add_argument("--cased", action="store_true", help="keep case and accents (default: lower-case, strip accents)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_vocab)
+
+    p = sub.add_parser("prepare", help="tokenize raw text into memory-mapped pre-training shards")
+    p.add_argument("--input", nargs="+", required=True, help="files, globs or directories")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory (bertkit vocab, or a model directory)")
+    p.add_argument("--out", required=True, help="prepared-data directory to create")
+    p.add_argument("--format", choices=["text", "wikiextractor", "jsonl"], default="text")
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
+    p.add_argument("--validation-fraction", type=float, default=0.01)
+    p.add_argument("--skip-bad-lines", action="store_true", help="skip lines that are not UTF-8 (counted)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("pretrain", help="pre-train with MLM + NSP (resumable; torchrun for DDP)")
+    p.add_argument("--data", nargs="+", required=True, help="prepared-data directories (several combine)")
+    p.add_argument("--out", required=True, help="run directory: metrics.jsonl, checkpoints/, model/")
+    p.add_argument("--model-config", default="mini", help="preset (tiny mini small medium base large) or config.json")
+    p.add_argument("--init", help="start from this model directory (e.g. phase 2 at --seq-len 512)")
+    p.add_argument("--steps", type=positive_int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="per process and micro-batch")
+    p.add_argument("--grad-accum", type=positive_int, default=1)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=float, default=0.01, help="fraction of the steps")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seq-len", type=positive_int, default=128)
+    p.add_argument("--objective", choices=["nsp", "none"], default="nsp")
+    p.add_argument("--masking", choices=["token", "whole-word"], default="token")
+    p.add_argument("--max-predictions", type=positive_int, default=None)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=positive_int, default=10)
+    p.add_argument("--eval-every", type=positive_int, default=200)
+    p.add_argument("--eval-samples", type=positive_int, default=1024)
+    p.add_argument("--save-every", type=positive_int, default=500)
+    p.add_argument("--keep-checkpoints", type=positive_int, default=2)
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp", help="under torchrun")
+    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout probabilities")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("demo", help="learn a vocabulary, prepare and pre-train a small BERT in minutes on a CPU")
+    p.add_argument("--out", default="demo-out", help="directory to create (default: demo-out)")
+    p.add_argument("--corpus", nargs="+", help="your own text files (default: the Python docs shipped with Python)")
+    p.add_argument("--steps", type=positive_int, default=1200)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fill-mask", help="the MLM head's top-k guesses for each [MASK]")
+    p.add_argument("--model", required=True)
+    p.add_argument("text", nargs="+", help="text with one or more [MASK]")
+    p.add_argument("--top-k", type=positive_int, default=5)
+    p.set_defaults(func=cmd_fill_mask)
+
+    p = sub.add_parser("plot", help="training curves from metrics.jsonl (several runs overlaid)")
+    p.add_argument("run_dir", nargs="+")
+    p.add_argument("--out", help="PNG file (default: RUN_DIR/curves.png)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

@@ -64,3 +64,18 @@ def embed(model, tokenizer, texts: Sequence[str], pooling: str = "mean", batch_s
             vectors = F.normalize(vectors, dim=-1)
         out[indices] = vectors.cpu().numpy()
     return out
+
+
+@torch.inference_mode()
+def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """The MLM head's top-k (token, probability) for each [MASK] in `text`, left to right."""
+    batch = tokenizer([text])
+    masks = (batch["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten()
+    if masks.numel() == 0:
+        raise BertkitError(f"no [MASK] in {text!r}", hint="write [MASK] where the model should fill in a word")
+    model.eval()
+    device = next(model.parameters()).device
+    logits = model(**{k: v.to(device) for k, v in batch.items()}).mlm_logits[0, masks]  # (masks, V)
+    probs, ids = logits.float().softmax(-1).topk(top_k, dim=-1)
+    return [[(tokenizer.convert_ids_to_tokens(int(i)), float(p)) for p, i in zip(ps, is_)]
+            for ps, is_ in zip(probs, ids)]

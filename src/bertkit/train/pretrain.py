@@ -265,6 +265,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     autocast = torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     window = dict(mlm_loss=0.0, mlm_correct=0, mlm_count=0, nsp_loss=0.0, nsp_correct=0, nsp_count=0)
     window_tokens, window_norm, window_steps, window_start = 0, 0.0, 0, time.perf_counter()
+    eval_seconds = 0.0  # evaluation time inside the logging window: not training throughput
     consecutive_bad = 0
     last_eval: dict = {}
     progress = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step",
@@ -322,7 +323,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 keys = list(window)
                 sums = distributed.all_reduce_sum([window[k] for k in keys] + [window_tokens], world)
-                elapsed = time.perf_counter() - window_start
+                elapsed = time.perf_counter() - window_start - eval_seconds
                 line = {"step": step, **_summarize(dict(zip(keys, sums[:-1]))), "lr": lr,
                         "tokens_per_s": sums[-1] / elapsed, "grad_norm": window_norm / window_steps,
                         "skipped_steps": bad_steps_total, "epoch": epoch}
@@ -333,8 +334,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
                                          tok_s=f"{line['tokens_per_s']:.0f}")
                 window = dict.fromkeys(window, 0)
                 window_tokens, window_norm, window_steps, window_start = 0, 0.0, 0, time.perf_counter()
+                eval_seconds = 0.0
 
             if validation is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                eval_started = time.perf_counter()
                 if world.is_main:
                     last_eval = {"step": step, **evaluate(model, validation, cfg, world.device), "split": "validation"}
                     with open(metrics_path, "a", encoding="utf-8") as f:
@@ -342,7 +345,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                     progress.write(f"step {step}: held-out " + ", ".join(
                         f"{k} {v:.4f}" for k, v in last_eval.items() if k not in ("step", "split")))
                 distributed.barrier(world)
-                window_start = time.perf_counter()  # evaluation time is not training throughput
+                eval_seconds += time.perf_counter() - eval_started
 
             stop_now = distributed.all_reduce_sum([float(stop.requested)], world)[0] > 0
             if step % cfg.save_every == 0 or step == cfg.steps or stop_now:
