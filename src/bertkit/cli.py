@@ -79,7 +79,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         max_predictions=args.max_predictions, precision=args.precision, seed=args.seed, log_every=args.log_every,
         eval_every=args.eval_every, eval_samples=args.eval_samples, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, compile=args.compile, device=args.device,
-        parallel=args.parallel, dropout=args.dropout, show_progress=not args.quiet)
+        parallel=args.parallel, dropout=args.dropout, stop_at=args.stop_at, show_progress=not args.quiet)
     pretrain(cfg)
 
 
@@ -87,7 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from bertkit.demo import run_demo
 
     run_demo(args.out, corpus_files=args.corpus, steps=args.steps, precision=args.precision, seed=args.seed,
-             show_progress=not args.quiet)
+             corpus_bytes=args.corpus_bytes, show_progress=not args.quiet)
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
@@ -190,15 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp", help="under torchrun")
     p.add_argument("--dropout", type=float, default=None, help="override the model's dropout probabilities")
+    p.add_argument("--stop-at", type=positive_int, default=None,
+                   help="save a checkpoint and stop after this step (continue later with --resume)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("demo", help="learn a vocabulary, prepare and pre-train a small BERT in minutes on a CPU")
     p.add_argument("--out", default="demo-out", help="directory to create (default: demo-out)")
     p.add_argument("--corpus", nargs="+", help="your own text files (default: the Python docs shipped with Python)")
-    p.add_argument("--steps", type=positive_int, default=1200)
+    p.add_argument("--steps", type=positive_int, default=800)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--corpus-bytes", type=positive_int, default=3_000_000,
+                   help="cap on the built-in corpus (a smaller one runs faster)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 

@@ -81,9 +81,10 @@ def show_fill_mask(model, tokenizer, title: str) -> None:
         print(f"  {probe:<72} -> {shown}")
 
 
-def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 1200, vocab_size: int = 4000,
+def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 800, vocab_size: int = 4000,
              model_config: str = "mini", seq_len: int = 128, batch_size: int = 32, lr: float = 1e-3,
-             precision: str = "bf16", seed: int = 0, show_progress: bool = True) -> dict:
+             precision: str = "bf16", seed: int = 0, corpus_bytes: int = 3_000_000,
+             show_progress: bool = True) -> dict:
     from bertkit.data.prepare import prepare
     from bertkit.model import BertForPreTraining
     from bertkit.tokenizer import Tokenizer
@@ -98,7 +99,7 @@ def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 1200,
         print(f"corpus: {', '.join(corpus_files)}")
     else:
         files, fmt = [os.path.join(out, "corpus.txt")], "text"
-        atomic_write_text(files[0], python_docs_corpus())
+        atomic_write_text(files[0], python_docs_corpus(corpus_bytes))
         print(f"corpus: the Python documentation shipped with Python, {os.path.getsize(files[0]) / 1e6:.1f} MB "
               f"-> {files[0]}")
 

@@ -103,9 +103,10 @@ def _read_lines(path: str, skip_bad_lines: bool, stats: dict) -> Iterator[tuple[
                         hint="convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8), "
                              "or pass --skip-bad-lines to drop such lines") from None
                 stats["bad_lines"] += 1
-                line = ""
+                line = None  # dropped, not made blank: a blank line would end the document
             offset += len(raw)
-            yield number, line.strip()
+            if line is not None:
+                yield number, line.strip()
 
 
 def _text_documents(path: str, lines) -> Iterator[list[str]]:

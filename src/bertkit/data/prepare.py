@@ -252,7 +252,8 @@ def load_manifest(directory: str) -> dict:
     if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
         raise not_prepared
     if manifest.get("version") != VERSION:
-        raise BertkitError(f"{path}: prepared-data version {manifest.get('version')}; this bertkit reads version {VERSION}",
+        raise BertkitError(f"{path}: prepared-data version {manifest.get('version')}; "
+                           f"this bertkit reads version {VERSION}",
                            hint="re-create it with this version's `bertkit prepare`")
     itemsize = np.dtype(manifest["dtype"]).itemsize
     for split, counts in manifest["splits"].items():

@@ -133,6 +133,11 @@ def make_nsp_instances(corpus: PreparedCorpus, seq_len: int, seed: int, epoch: i
     seq_len - 3 (room for [CLS] and two [SEP]), or with probability short_seq_prob a random shorter
     one, so that the model also sees short sequences (as fine-tuning will). The pair is then
     trimmed to seq_len - 3 tokens. Rows are shuffled; the result depends only on (seed, epoch).
+
+    One departure: the original draws the target once per document, so a long document that
+    draws a tiny target turns each of its sentences into a pair, all random-next (a one-sentence
+    chunk has no B of its own); over a corpus that pulls IsNext well below 50% and over-weights
+    those documents. Drawing it per chunk keeps 10% of pairs short and IsNext near 50%.
     """
     max_tokens = seq_len - 3
     if max_tokens < 2:
@@ -148,8 +153,8 @@ def make_nsp_instances(corpus: PreparedCorpus, seq_len: int, seed: int, epoch: i
     rows = []
     for d in range(n_docs):
         doc_end = doc_starts[d + 1]
-        target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
         chunk_start = i = doc_starts[d]
+        target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
         while i < doc_end:
             if i == doc_end - 1 or starts[i + 1] - starts[chunk_start] >= target:
                 n_chunk = i + 1 - chunk_start
@@ -171,6 +176,7 @@ def make_nsp_instances(corpus: PreparedCorpus, seq_len: int, seed: int, epoch: i
                 _truncate_pair(a, b, max_tokens, rng)
                 rows.append((a[0], a[1], b[0], b[1], is_random_next))
                 chunk_start = i + 1
+                target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
             i += 1
     rng.shuffle(rows)
     return np.array(rows, dtype=np.int64).reshape(-1, 5)
@@ -266,7 +272,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
             raise BertkitError(f"the tokenizer has {vocab_size} tokens but {corpus.dirs[0]} was prepared "
                                f"with {corpus.vocab_size}", hint="use the tokenizer saved in the prepared directory")
         self.corpus, self.seq_len, self.objective, self.masking, self.seed = corpus, seq_len, objective, masking, seed
-        self.cls_id, self.sep_id, self.pad_id, self.mask_id, self.vocab_size = cls_id, sep_id, pad_id, mask_id, vocab_size
+        self.cls_id, self.sep_id, self.pad_id, self.mask_id = cls_id, sep_id, pad_id, mask_id
+        self.vocab_size = vocab_size
         self.is_special = np.zeros(vocab_size, bool)  # (V,): never masked, never a random replacement
         self.is_special[list(special_ids)] = True
         self.random_token_ids = np.flatnonzero(~self.is_special)

@@ -62,6 +62,7 @@ class PretrainConfig:
     compile: bool = False
     device: str | None = None
     parallel: str = "ddp"  # or "fsdp"
+    stop_at: int | None = None  # save and stop after this step, as if interrupted (resume with --resume)
     max_bad_steps: int = 10  # stop after this many consecutive non-finite steps
     dropout: float | None = None  # override the config's dropout probabilities
     show_progress: bool = True
@@ -347,7 +348,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 distributed.barrier(world)
                 eval_seconds += time.perf_counter() - eval_started
 
-            stop_now = distributed.all_reduce_sum([float(stop.requested)], world)[0] > 0
+            stop_now = distributed.all_reduce_sum([float(stop.requested)], world)[0] > 0 or step == cfg.stop_at
             if step % cfg.save_every == 0 or step == cfg.steps or stop_now:
                 path = checkpoint(step)
                 if stop_now and step < cfg.steps:

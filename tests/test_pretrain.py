@@ -1,0 +1,138 @@
+"""Pre-training end to end through the CLI: exact resume, DDP equivalence, bad input, the demo."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+WORDS = ("the a model token layer attention head vector sentence word learns predicts hidden masked next "
+         "random document corpus train step loss batch encoder text").split()
+
+
+def run(*args, check=True, env=None):
+    proc = subprocess.run([sys.executable, "-m", "bertkit", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A made-up corpus of 60 documents, its vocabulary, and its prepared data."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    docs = ["\n".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 14))).capitalize() + "."
+                      for _ in range(rng.randint(4, 12))) for _ in range(60)]
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    run("vocab", "--input", corpus, "--vocab-size", 200, "--out", root / "tok", "--quiet")
+    run("prepare", "--input", corpus, "--tokenizer", root / "tok", "--out", root / "data",
+        "--validation-fraction", 0.1, "--quiet", "--workers", 1)
+    return root
+
+
+def pretrain_args(prepared, out, *extra):
+    return ["pretrain", "--data", prepared / "data", "--out", out, "--model-config", "tiny", "--steps", 8,
+            "--batch-size", 4, "--seq-len", 32, "--lr", 1e-3, "--log-every", 1, "--eval-every", 4,
+            "--eval-samples", 8, "--save-every", 3, "--quiet", *extra]
+
+
+def losses(run_dir):
+    with open(run_dir / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    return [(r["step"], r["loss"], r["mlm_loss"], r["nsp_loss"]) for r in rows if r.get("split") != "validation"]
+
+
+def test_resume_is_bit_identical(prepared, tmp_path):
+    run(*pretrain_args(prepared, tmp_path / "straight"))
+    run(*pretrain_args(prepared, tmp_path / "resumed", "--stop-at", 5))
+    assert not (tmp_path / "resumed" / "model").exists()  # stopped early: no final model yet
+    assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["step-00000003", "step-00000005"]
+    run(*pretrain_args(prepared, tmp_path / "resumed", "--resume"))
+    a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+    assert [s for s, *_ in losses(tmp_path / "resumed")] == list(range(1, 9))
+
+
+def test_final_model_loads_in_transformers(prepared, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    run(*pretrain_args(prepared, tmp_path / "run", "--steps", 2))
+    model, info = transformers.BertForPreTraining.from_pretrained(tmp_path / "run" / "model", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "run" / "model")
+    assert tok("the model")["input_ids"][0] == tok.cls_token_id
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_two_process_ddp_equals_one_process_with_accumulation(prepared, tmp_path):
+    common = pretrain_args(prepared, tmp_path / "x")[:-1]  # drop --quiet's position below
+    single = [a if a != tmp_path / "x" else tmp_path / "single" for a in common] + ["--grad-accum", 2, "--quiet"]
+    run(*single)
+    ddp = [a if a != tmp_path / "x" else tmp_path / "ddp" for a in common] + ["--quiet", "--device", "cpu"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(29500 + os.getpid() % 1000), "-m", "bertkit", *map(str, ddp)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert [s for s, *_ in one] == [s for s, *_ in two] == list(range(1, 9))
+    for (step, *a), (_, *b) in zip(one, two):
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, (step, a, b)
+
+
+def assert_untouched_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert str(fragment) in lines[0], (fragment, lines[0])
+
+
+def test_bad_inputs_exit_2_and_leave_out_untouched(prepared, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert_untouched_error(run("prepare", "--input", empty, "--tokenizer", prepared / "tok", "--out", tmp_path / "p1",
+                               "--quiet", check=False), "empty.txt")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("first line\nsecond caf\u00e9 line\n".encode("latin-1"))
+    assert_untouched_error(run("prepare", "--input", latin, "--tokenizer", prepared / "tok", "--out", tmp_path / "p2",
+                               "--quiet", check=False), "latin.txt", "byte offset 21")
+    assert not (tmp_path / "p2").exists()
+    assert run("prepare", "--input", latin, "--tokenizer", prepared / "tok", "--out", tmp_path / "p3", "--quiet",
+               "--skip-bad-lines", check=False).returncode in (0, 2)
+    # --data that is not prepared data
+    assert_untouched_error(run("pretrain", "--data", prepared / "tok", "--out", tmp_path / "r1", "--quiet",
+                               check=False), "tok")
+    # an existing non-empty --out without --resume
+    assert_untouched_error(run(*pretrain_args(prepared, out), check=False), "not empty", "--resume")
+    # --seq-len beyond the model's positions
+    assert_untouched_error(run(*pretrain_args(prepared, tmp_path / "r2", "--seq-len", 1000), check=False),
+                           "--seq-len 1000", "512 positions")
+    assert not (tmp_path / "r2").exists()
+    # a model whose vocabulary disagrees with the data's tokenizer
+    from bertkit.config import preset
+    from bertkit.model import BertForPreTraining
+
+    BertForPreTraining(preset("tiny", vocab_size=123)).save_pretrained(tmp_path / "other")
+    assert_untouched_error(run(*pretrain_args(prepared, tmp_path / "r3", "--init", tmp_path / "other"), check=False),
+                           "--init", "123")
+    assert (out / "keep.txt").read_text() == "precious" and os.listdir(out) == ["keep.txt"]
+
+
+def test_demo_smoke(tmp_path):
+    proc = run("demo", "--out", tmp_path / "demo", "--steps", 4, "--quiet", "--corpus-bytes", 200_000)
+    assert "MLM accuracy" in proc.stdout and "NSP accuracy" in proc.stdout
+    assert (tmp_path / "demo" / "run" / "model" / "model.safetensors").exists()
+    assert (tmp_path / "demo" / "run" / "curves.png").exists()
