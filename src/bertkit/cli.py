@@ -116,6 +116,48 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {out}", file=sys.stderr)
 
 
+def _finetune_config(args: argparse.Namespace):
+    from bertkit.train.finetune import FinetuneConfig
+
+    names = {f for f in FinetuneConfig.__dataclass_fields__}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    values.setdefault("out", getattr(args, "model", ""))
+    if isinstance(values.get("seeds"), str):
+        try:
+            values["seeds"] = [int(s) for s in values["seeds"].split(",") if s.strip()]
+        except ValueError:
+            raise BertkitError(f"--seeds {args.seeds!r}: expected comma-separated integers", hint="e.g. --seeds 1,2,3")
+    values["show_progress"] = not getattr(args, "quiet", False)
+    return FinetuneConfig(**values)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from bertkit.train.finetune import finetune
+
+    summary = finetune(_finetune_config(args))
+    shown = {k: v for k, v in summary.items() if isinstance(v, dict) and "mean" in v}
+    print(", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in shown.items()))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from bertkit.train.finetune import evaluate_dir
+
+    result = evaluate_dir(_finetune_config(args), args.output)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from bertkit.files import read_text
+    from bertkit.train.finetune import predict_file
+
+    if not read_text(args.input).strip():
+        raise BertkitError(f"{args.input}: file is empty", hint="give the examples to predict")
+    n = predict_file(_finetune_config(args), args.input, args.output)
+    print(f"wrote {args.output}: {n} predictions", file=sys.stderr)
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -211,6 +253,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="+", help="text with one or more [MASK]")
     p.add_argument("--top-k", type=positive_int, default=5)
     p.set_defaults(func=cmd_fill_mask)
+
+    def task_data(p, train: bool):
+        p.add_argument("--task", required=True, help="cola sst2 mrpc stsb qqp mnli qnli rte wnli classify regress "
+                                                     "ner squad squad2 multiple-choice")
+        p.add_argument("--data", help="directory with the task's usual file names (train.tsv, dev.tsv, ...)")
+        if train:
+            p.add_argument("--train", help="training file")
+        p.add_argument("--dev", help="evaluation file")
+        p.add_argument("--text-column", help="classify/regress: the text column (default text)")
+        p.add_argument("--text-pair-column", help="classify/regress: an optional second text column")
+        p.add_argument("--label-column", help="classify/regress: the label column (default label)")
+        p.add_argument("--max-seq-len", type=positive_int, help="default 128 (SQuAD 384)")
+        p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+        p.add_argument("--eval-batch-size", type=positive_int, default=128)
+        p.add_argument("--null-threshold", type=float, help="squad2: predict no answer above this score gap")
+
+    p = sub.add_parser("finetune", help="fine-tune all parameters on a labeled task")
+    task_data(p, train=True)
+    p.add_argument("--test", help="test file (unlabeled)")
+    p.add_argument("--model", required=True, help="pre-trained model directory (HuggingFace format)")
+    p.add_argument("--out", required=True, help="output directory: the fine-tuned model, metrics, results")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seeds", default="1", help="comma-separated; each seed runs into OUT/seed-N")
+    p.add_argument("--keep", choices=["best", "last"], default="best", help="which epoch's model to keep")
+    p.add_argument("--label-all-subtokens", action="store_true", help="ner: label every piece, not just the first")
+    p.add_argument("--doc-stride", type=positive_int, default=128)
+    p.add_argument("--max-query-len", type=positive_int, default=64)
+    p.add_argument("--max-train-examples", type=positive_int, help="train on the first N examples (a quick run)")
+    p.add_argument("--log-every", type=positive_int, default=50)
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="evaluate a fine-tuned model; writes eval_results.json")
+    task_data(p, train=False)
+    p.add_argument("--model", required=True, help="fine-tuned model directory")
+    p.add_argument("--output", help="results file (default MODEL/eval_results.json)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predictions for unlabeled input (GLUE: submission TSV; others: JSONL)")
+    task_data(p, train=False)
+    p.add_argument("--model", required=True, help="fine-tuned model directory")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("plot", help="training curves from metrics.jsonl (several runs overlaid)")
     p.add_argument("run_dir", nargs="+")

@@ -1,0 +1,255 @@
+"""Examples -> model inputs: token ids, token types and labels, one unpadded dict per feature.
+
+    sentence tasks  {"input_ids", "token_type_ids", "label"}          label: class index, or float score
+    tagging         {"input_ids", "token_type_ids", "labels", "word_ids", "n_words"}
+                    labels: per token, the word's tag id on its first piece, IGNORE_INDEX elsewhere
+    SQuAD           {"input_ids", "token_type_ids", "offsets", "example_index", "start_position", "end_position"}
+    multiple choice {"input_ids", "token_type_ids", "label"}          ids: one list per ending (C, L)
+
+Unlabeled examples give features without "label"/"labels"/positions. `collate` pads a batch of
+any of these into tensors named as the model's forward() arguments. Encoders that truncate
+return how many examples they cut, so the caller can say so.
+
+Left out on purpose: Google's "max context" rule for SQuAD windows (a token is scored only in the
+window where it has the most context around it): taking the best span over all windows, as
+HuggingFace's run_qa does, scores the same on SQuAD and needs no extra bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from bertkit.data.tasks import ChoiceExample, Example, QAExample, check_labels
+from bertkit.model import IGNORE_INDEX
+from bertkit.tokenizer import Tokenizer
+
+
+def _encode_texts(tokenizer: Tokenizer, texts_a: list[str], texts_b: list[str] | None,
+                  max_len: int) -> tuple[list[list[int]], list[list[int]], list[bool]]:
+    """input_ids and token_type_ids of `[CLS] a [SEP] (b [SEP])`, at most max_len long, and which were cut.
+
+    Tokenizes once in full and again, with the tokenizer's longest-first truncation, only the
+    ones that are too long: so truncation matches what inference does with the same tokenizer.
+    """
+    if not texts_a:
+        return [], [], []
+    options = {"padding": False, "return_tensors": None}
+    full = tokenizer(texts_a, texts_b, truncation=False, **options)
+    input_ids, token_type_ids = full["input_ids"], full["token_type_ids"]
+    cut = [len(ids) > max_len for ids in input_ids]
+    long = [i for i, is_cut in enumerate(cut) if is_cut]
+    if long:
+        short = tokenizer([texts_a[i] for i in long], None if texts_b is None else [texts_b[i] for i in long],
+                          max_length=max_len, truncation=True, **options)
+        for k, i in enumerate(long):
+            input_ids[i], token_type_ids[i] = short["input_ids"][k], short["token_type_ids"][k]
+    return input_ids, token_type_ids, cut
+
+
+def _check_max_len(max_len: int) -> None:
+    if max_len < 4:
+        raise ValueError(f"max_len={max_len} leaves no room for text between [CLS] and the [SEP]s")
+
+
+def encode_sentence_tasks(examples: Sequence[Example], tokenizer: Tokenizer, max_len: int,
+                          label_list: Sequence[str] | None) -> tuple[list[dict], int]:
+    """Features of sentence (pair) examples; label_list=None means regression (float labels).
+
+    Returns the features, in example order, and the number of examples truncated to max_len.
+    """
+    _check_max_len(max_len)
+    if label_list is not None:
+        check_labels(examples, label_list)
+        label_index = {label: i for i, label in enumerate(label_list)}
+    features: list[dict] = [{} for _ in examples]
+    n_truncated = 0
+    # Singles and pairs are tokenized as two batches: the tokenizer takes all pairs or none.
+    for with_pair in (False, True):
+        chosen = [i for i, e in enumerate(examples) if (e.text_b is not None) == with_pair]
+        texts_b = [examples[i].text_b for i in chosen] if with_pair else None
+        input_ids, token_type_ids, cut = _encode_texts(
+            tokenizer, [examples[i].text_a for i in chosen], texts_b, max_len)
+        n_truncated += sum(cut)
+        for i, ids, types in zip(chosen, input_ids, token_type_ids):
+            features[i] = {"input_ids": ids, "token_type_ids": types}
+            label = examples[i].label
+            if label is not None:
+                features[i]["label"] = float(label) if label_list is None else label_index[label]
+    return features, n_truncated
+
+
+def encode_tagging(examples: Sequence[Example], tokenizer: Tokenizer, max_len: int,
+                   label_list: Sequence[str], label_all_subtokens: bool = False) -> tuple[list[dict], int]:
+    """Features of tagged sentences, with word-level tags moved onto word pieces.
+
+    A word's tag goes on its first piece; its other pieces get IGNORE_INDEX, or with
+    label_all_subtokens the same tag (B-X turned into I-X, since they continue the entity).
+    [CLS]/[SEP] get IGNORE_INDEX. `word_ids` holds each token's word index (-1 for specials),
+    so `word_tags` can map predictions back. Sentences longer than max_len are cut (counted):
+    their last words get no token, and are predicted "O".
+    """
+    _check_max_len(max_len)
+    label_index = {label: i for i, label in enumerate(label_list)}
+    if any(example.label is not None for example in examples):
+        check_labels(examples, label_list)
+    encodings = tokenizer.backend.encode_batch(
+        [example.words for example in examples], is_pretokenized=True, add_special_tokens=False)
+    budget = max_len - 2  # room for [CLS] and [SEP]
+    features, n_truncated = [], 0
+    for example, encoding in zip(examples, encodings):
+        n_truncated += len(encoding.ids) > budget
+        input_ids = [tokenizer.cls_token_id, *encoding.ids[:budget], tokenizer.sep_token_id]
+        word_ids = [-1, *encoding.word_ids[:budget], -1]
+        feature = {"input_ids": input_ids, "token_type_ids": [0] * len(input_ids),
+                   "word_ids": word_ids, "n_words": len(example.words)}
+        if example.label is not None:
+            labels, previous = [], -1
+            for word in word_ids:
+                if word == -1:
+                    labels.append(IGNORE_INDEX)
+                elif word != previous:
+                    labels.append(label_index[example.label[word]])
+                elif label_all_subtokens:
+                    tag = example.label[word]
+                    labels.append(label_index["I-" + tag[2:] if tag.startswith("B-") else tag])
+                else:
+                    labels.append(IGNORE_INDEX)
+                previous = word
+            feature["labels"] = labels
+        features.append(feature)
+    return features, n_truncated
+
+
+def word_tags(feature: dict, predicted_ids: Sequence[int], label_list: Sequence[str]) -> list[str]:
+    """Per-word tags from per-token predictions: each word takes its first piece's tag; words cut off, "O"."""
+    tags = ["O"] * feature["n_words"]
+    previous = -1
+    for position, word in enumerate(feature["word_ids"]):
+        if word != -1 and word != previous:
+            tags[word] = label_list[int(predicted_ids[position])]
+        previous = word
+    return tags
+
+
+def _window_starts(n_tokens: int, window: int, stride: int) -> list[int]:
+    """Start of each context window: `window` tokens each, starts `stride` apart, the last one reaching the end.
+
+    As in Google's run_squad.py, doc_stride is the step between window starts (HuggingFace's
+    run_qa uses the same name for the overlap instead).
+    """
+    starts = [0]
+    while starts[-1] + window < n_tokens:
+        starts.append(starts[-1] + min(window, stride))
+    return starts
+
+
+def _answer_tokens(offsets: list[tuple[int, int]], start_char: int, end_char: int) -> tuple[int, int] | None:
+    """First and last context token overlapping the characters [start_char, end_char)."""
+    first = next((i for i, (_, end) in enumerate(offsets) if end > start_char), None)
+    last = next((i for i in reversed(range(len(offsets))) if offsets[i][0] < end_char), None)
+    if first is None or last is None or last < first:
+        return None
+    return first, last
+
+
+def encode_squad(examples: Sequence[QAExample], tokenizer: Tokenizer, max_seq_len: int = 384,
+                 doc_stride: int = 128, max_query_len: int = 64, training: bool = True) -> list[dict]:
+    """Features `[CLS] question [SEP] context window [SEP]`, one per window of each example's context.
+
+    The question is cut to max_query_len tokens; the context is split into windows of the
+    tokens that remain, starting doc_stride tokens apart. `offsets[i]` is the (start, end)
+    character span in the context of token i, None for question and special tokens. For
+    training, start/end_position index the first answer's first and last tokens, or are both
+    0 ([CLS]) when the window does not hold the whole answer or the question has none.
+    """
+    question_ids = [ids[:max_query_len] for ids in tokenizer.encode_batch([e.question for e in examples])]
+    contexts = tokenizer.backend.encode_batch([e.context for e in examples], add_special_tokens=False)
+    features = []
+    for example_index, (example, q_ids, context) in enumerate(zip(examples, question_ids, contexts)):
+        window = max_seq_len - len(q_ids) - 3  # [CLS] question [SEP] window [SEP]
+        if window < 1:
+            raise ValueError(f"max_seq_len={max_seq_len} leaves no room for the context after a "
+                             f"{len(q_ids)}-token question; raise it or lower max_query_len")
+        answer = None
+        if training and not example.is_impossible and example.answers:
+            text, start_char = example.answers[0]
+            answer = _answer_tokens(context.offsets, start_char, start_char + len(text))
+        context_start = len(q_ids) + 2  # position of the first context token in a feature
+        for start in _window_starts(len(context.ids), window, doc_stride):
+            end = min(start + window, len(context.ids))
+            input_ids, token_type_ids = tokenizer.build_inputs(q_ids, context.ids[start:end])
+            feature = {
+                "input_ids": input_ids,
+                "token_type_ids": token_type_ids,
+                "offsets": [None] * context_start + [tuple(o) for o in context.offsets[start:end]] + [None],
+                "example_index": example_index,
+            }
+            if training:
+                inside = answer is not None and start <= answer[0] and answer[1] < end
+                feature["start_position"] = answer[0] - start + context_start if inside else 0
+                feature["end_position"] = answer[1] - start + context_start if inside else 0
+            features.append(feature)
+    return features
+
+
+def encode_choices(examples: Sequence[ChoiceExample], tokenizer: Tokenizer,
+                   max_len: int) -> tuple[list[dict], int]:
+    """Features with one `[CLS] context [SEP] ending [SEP]` per ending; examples with any pair cut are counted."""
+    _check_max_len(max_len)
+    contexts = [example.context for example in examples for _ in example.endings]
+    endings = [ending for example in examples for ending in example.endings]
+    input_ids, token_type_ids, cut = _encode_texts(tokenizer, contexts, endings, max_len)
+    features, n_truncated, position = [], 0, 0
+    for example in examples:
+        span = slice(position, position + len(example.endings))
+        position = span.stop
+        n_truncated += any(cut[span])
+        feature = {"input_ids": input_ids[span], "token_type_ids": token_type_ids[span]}
+        if example.label is not None:
+            feature["label"] = example.label
+        features.append(feature)
+    return features, n_truncated
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching
+
+
+def _pad(rows: list[list], length: int, fill) -> list[list]:
+    return [row + [fill] * (length - len(row)) for row in rows]
+
+
+def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Pad a batch of features into tensors named as the model's forward() arguments.
+
+    input_ids / token_type_ids / attention_mask: (B, T), or (B, C, T) for multiple choice;
+    labels: (B,) long (float for regression) or (B, T) for tagging, padded with IGNORE_INDEX;
+    start_positions / end_positions: (B,). Other keys (offsets, word_ids, ...) stay behind.
+    """
+    choices = isinstance(features[0]["input_ids"][0], list)
+    rows = [feature["input_ids"] for feature in features]
+    types = [feature["token_type_ids"] for feature in features]
+    if choices:  # flatten (B, C) sequences, pad them together, then fold back
+        n_choices = len(rows[0])
+        rows = [row for feature_rows in rows for row in feature_rows]
+        types = [row for feature_types in types for row in feature_types]
+    length = max(len(row) for row in rows)
+    batch = {
+        "input_ids": torch.tensor(_pad(rows, length, pad_token_id)),
+        "token_type_ids": torch.tensor(_pad(types, length, 0)),
+        "attention_mask": torch.tensor(_pad([[1] * len(row) for row in rows], length, 0)),
+    }
+    if choices:
+        batch = {name: tensor.view(len(features), n_choices, length) for name, tensor in batch.items()}
+    first = features[0]
+    if "label" in first:
+        labels = [feature["label"] for feature in features]
+        batch["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
+    if "labels" in first:
+        batch["labels"] = torch.tensor(_pad([feature["labels"] for feature in features], length, IGNORE_INDEX))
+    if "start_position" in first:
+        batch["start_positions"] = torch.tensor([feature["start_position"] for feature in features])
+        batch["end_positions"] = torch.tensor([feature["end_position"] for feature in features])
+    return batch

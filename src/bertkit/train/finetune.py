@@ -1,0 +1,443 @@
+"""Fine-tuning all parameters on a labeled task, evaluation, and prediction.
+
+Sentence-level tasks (GLUE, your own classify/regress files) read the pooled [CLS] output; tagging
+(NER) reads every token's output; span QA (SQuAD) predicts start and end tokens; multiple choice
+scores each choice's [CLS]. The task table (data/tasks.py) says which head and metric a task uses.
+
+The loop: length-grouped batches (texts of similar length batched together, so little compute goes to
+padding), AdamW with warmup and linear decay, gradient clipping, optional bf16 autocast; evaluation on
+dev after each epoch, keeping the best epoch by the task's main metric (or the last, --keep last).
+Several seeds run into OUT/seed-N and OUT/eval_results.json reports mean and std of every metric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bertkit.errors import BertkitError
+from bertkit.files import atomic_write_json, atomic_write_text
+
+HEADS = {"classification": "BertForSequenceClassification", "regression": "BertForSequenceClassification",
+         "tagging": "BertForTokenClassification", "span": "BertForQuestionAnswering",
+         "choice": "BertForMultipleChoice"}
+TASK_FILE = "bertkit_task.json"  # the task settings a fine-tuned directory was trained with
+
+
+@dataclass
+class FinetuneConfig:
+    task: str
+    model: str
+    out: str
+    data: str | None = None
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    epochs: float = 3.0
+    lr: float = 2e-5  # the paper's range: 5e-5, 3e-5, 2e-5
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_seq_len: int | None = None  # default 128, SQuAD 384
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    precision: str = "fp32"
+    seeds: list[int] = field(default_factory=lambda: [1])
+    keep: str = "best"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_all_subtokens: bool = False
+    doc_stride: int = 128
+    max_query_len: int = 64
+    null_threshold: float = 0.0
+    max_train_examples: int | None = None  # a quick run on the first N training examples
+    group_by_length: bool = True
+    log_every: int = 50
+    force: bool = False
+    show_progress: bool = True
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def _read(cfg: FinetuneConfig, path: str, labeled: bool = True):
+    from bertkit.data.tasks import TASKS
+
+    spec = TASKS[cfg.task]
+    if cfg.task in ("classify", "regress"):
+        return spec.read(path, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
+                         label_column=cfg.label_column, labeled=labeled)
+    return spec.read(path)
+
+
+def task_files(cfg: FinetuneConfig) -> dict[str, str | None]:
+    from bertkit.data.tasks import TASKS, find_task_files
+
+    if cfg.task not in TASKS:
+        raise BertkitError(f"unknown --task {cfg.task!r}", hint=f"choose one of: {', '.join(TASKS)}")
+    if cfg.data:
+        if cfg.train or cfg.dev:
+            raise BertkitError("--data and --train/--dev both given", hint="use one or the other")
+        return find_task_files(cfg.task, cfg.data)
+    if not cfg.dev:
+        raise BertkitError("no evaluation data", hint="pass --data DIR, or --dev FILE (and --train FILE to train)")
+    return {"train": cfg.train, "dev": cfg.dev, "test": cfg.test}
+
+
+def encode(kind: str, examples, tokenizer, cfg: FinetuneConfig, label_list, training: bool):
+    """Examples -> (features, number truncated)."""
+    from bertkit.data import features as F
+
+    max_len = cfg.max_seq_len or (384 if kind == "span" else 128)
+    if kind in ("classification", "regression"):
+        return F.encode_sentence_tasks(examples, tokenizer, max_len, label_list)
+    if kind == "tagging":
+        return F.encode_tagging(examples, tokenizer, max_len, label_list, cfg.label_all_subtokens)
+    if kind == "span":
+        feats = F.encode_squad(examples, tokenizer, max_len, cfg.doc_stride, cfg.max_query_len, training=training)
+        return feats, 0
+    return F.encode_choices(examples, tokenizer, max_len)
+
+
+def _length(feature: dict) -> int:
+    ids = feature["input_ids"]
+    return max(len(row) for row in ids) if ids and isinstance(ids[0], list) else len(ids)
+
+
+def batches(features: list[dict], batch_size: int, rng: np.random.Generator | None, group_by_length: bool):
+    """Index batches. Training (rng given): shuffled; with grouping, each run of 50 batches' worth of
+    shuffled examples is sorted by length before being cut, so a batch pads to similar lengths while
+    the order stays random. Evaluation: sorted by length."""
+    n = len(features)
+    lengths = np.array([_length(f) for f in features])
+    if rng is None:
+        order = np.argsort(-lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    order = rng.permutation(n)
+    if group_by_length:
+        mega = batch_size * 50
+        order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
+                                for chunk in np.array_split(order, max(1, math.ceil(n / mega)))])
+    cut = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [cut[i] for i in rng.permutation(len(cut))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.inference_mode()
+def predict_logits(model, features, cfg: FinetuneConfig, pad_id: int, device) -> list:
+    """Per-feature outputs in feature order: logits rows, or (start, end) pairs for span QA."""
+    from bertkit.data.features import collate
+
+    model.eval()
+    out: list = [None] * len(features)
+    for indices in batches(features, cfg.eval_batch_size, None, True):
+        batch = collate([features[i] for i in indices], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            result = model(**batch)
+        if result.logits is not None:
+            rows = result.logits.float().cpu().numpy()
+        else:
+            rows = list(zip(result.start_logits.float().cpu().numpy(), result.end_logits.float().cpu().numpy()))
+        for i, row in zip(indices, rows):
+            out[int(i)] = row
+    model.train()
+    return out
+
+
+def score(kind: str, task: str, examples, features, outputs, label_list, cfg: FinetuneConfig):
+    """(metrics dict, predictions per example)."""
+    from bertkit.data.features import word_tags
+    from bertkit.eval import metrics, squad
+
+    if kind == "span":
+        starts = [o[0][:len(f["input_ids"])] for o, f in zip(outputs, features)]
+        ends = [o[1][:len(f["input_ids"])] for o, f in zip(outputs, features)]
+        answers, diffs = squad.postprocess(examples, features, starts, ends, null_threshold=cfg.null_threshold,
+                                           version_2=task == "squad2")
+        result = squad.evaluate(examples, answers, version_2=task == "squad2")
+        if task == "squad2":
+            threshold, best = squad.best_null_threshold(diffs, answers, examples)
+            result.update(best_null_threshold=threshold, best_f1=best)
+        return result, answers
+    if kind == "tagging":
+        predicted = [word_tags(f, np.argmax(o[:len(f["input_ids"])], -1), label_list) for f, o in zip(features, outputs)]
+        return metrics.entity_f1([e.label for e in examples], predicted), predicted
+    if kind == "regression":
+        preds = [float(o[0]) for o in outputs]
+        labels = [e.label for e in examples]
+        return (metrics.glue_metrics(task, preds, labels) if labels[0] is not None else {}), preds
+    preds = [int(np.argmax(o)) for o in outputs]
+    if kind == "choice":
+        labels = [e.label for e in examples]
+        return ({"accuracy": metrics.accuracy(preds, labels)} if labels[0] is not None else {}), preds
+    if examples[0].label is None:
+        return {}, [label_list[p] for p in preds]
+    labels = [label_list.index(e.label) for e in examples]
+    return metrics.glue_metrics(task, preds, labels), [label_list[p] for p in preds]
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def _load_model(kind: str, model_dir: str, label_list):
+    from bertkit import model as models
+
+    cls = getattr(models, HEADS[kind])
+    overrides = {}
+    if kind == "classification" or kind == "tagging":
+        overrides["id2label"] = dict(enumerate(label_list))
+    elif kind == "regression":
+        overrides["id2label"] = {0: "score"}
+    return cls.from_pretrained(model_dir, **overrides)
+
+
+def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokenizer, device) -> dict:
+    from tqdm.auto import tqdm
+
+    from bertkit.data.features import collate
+    from bertkit.train.optim import build_optimizer, set_lr, warmup_linear
+
+    kind, train_feats, dev_examples, dev_feats, label_list = (data[k] for k in
+                                                              ("kind", "train", "dev_examples", "dev", "labels"))
+    torch.manual_seed(seed)
+    model = _load_model(kind, cfg.model, label_list).to(device)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = math.ceil(len(train_feats) / cfg.batch_size)
+    total = max(1, round(cfg.epochs * steps_per_epoch))
+    warmup = round(cfg.warmup * total)
+    os.makedirs(out, exist_ok=True)
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    atomic_write_text(metrics_path, "")
+    pad = tokenizer.pad_token_id
+    spec_metric = data["metric"]
+    best: dict | None = None
+    step, epoch = 0, 0
+    progress = tqdm(total=total, desc=f"finetune {cfg.task} seed {seed}", unit="step", disable=not cfg.show_progress,
+                    dynamic_ncols=True)
+    window_loss, window_samples, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
+    train_seconds = 0.0
+    while step < total:
+        epoch += 1
+        for indices in batches(train_feats, cfg.batch_size, rng, cfg.group_by_length):
+            if step >= total:
+                break
+            batch = {k: v.to(device) for k, v in collate([train_feats[i] for i in indices], pad).items()}
+            set_lr(optimizer, cfg.lr * warmup_linear(step, max(1, warmup), total))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window_loss += loss.item()
+            window_samples += len(indices)
+            window_steps += 1
+            progress.update(1)
+            if step % cfg.log_every == 0 or step == total:
+                elapsed = time.perf_counter() - window_start
+                train_seconds += elapsed
+                line = {"step": step, "epoch": epoch, "loss": window_loss / window_steps,
+                        "lr": optimizer.param_groups[0]["lr"], "samples_per_s": window_samples / elapsed}
+                with open(metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(line) + "\n")
+                progress.set_postfix(loss=f"{line['loss']:.4f}", samples_s=f"{line['samples_per_s']:.0f}")
+                window_loss, window_samples, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
+        train_seconds += time.perf_counter() - window_start
+        result, _ = score(kind, cfg.task, dev_examples, dev_feats,
+                          predict_logits(model, dev_feats, cfg, pad, device), label_list, cfg)
+        result = {k: float(v) for k, v in result.items()}
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "epoch": epoch, "split": "dev", **result}) + "\n")
+        progress.write(f"seed {seed} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        if cfg.keep == "last" or best is None or result[spec_metric] > best[spec_metric]:
+            best = {**result, "epoch": epoch}
+            save_model_dir(model, tokenizer, out, cfg, data)
+        window_start = time.perf_counter()
+    progress.close()
+    best["train_samples_per_s"] = len(train_feats) * cfg.epochs / train_seconds if train_seconds else 0.0
+    atomic_write_json(os.path.join(out, "eval_results.json"), best)
+    return best
+
+
+def save_model_dir(model, tokenizer, out: str, cfg: FinetuneConfig, data: dict) -> None:
+    """The model, its tokenizer and the task settings, written beside each other (each file atomically)."""
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    atomic_write_json(os.path.join(out, TASK_FILE), {
+        "task": cfg.task, "kind": data["kind"], "labels": data["labels"], "max_seq_len": cfg.max_seq_len,
+        "doc_stride": cfg.doc_stride, "max_query_len": cfg.max_query_len, "null_threshold": cfg.null_threshold,
+        "text_column": cfg.text_column, "text_pair_column": cfg.text_pair_column, "label_column": cfg.label_column})
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """Fine-tune for each seed; returns the summary written to OUT/eval_results.json."""
+    from bertkit.data.tasks import TASKS, check_labels, make_label_list
+    from bertkit.tokenizer import Tokenizer
+
+    files = task_files(cfg)
+    if not files.get("train"):
+        raise BertkitError("no training data", hint="pass --data DIR with a train file, or --train FILE")
+    if cfg.keep not in ("best", "last"):
+        raise BertkitError(f"--keep {cfg.keep!r}", hint="use best or last")
+    if os.path.isdir(cfg.out) and os.listdir(cfg.out) and not cfg.force:
+        raise BertkitError(f"--out {cfg.out}: directory exists and is not empty",
+                           hint="choose a new --out, or pass --force to overwrite")
+    spec = TASKS[cfg.task]
+    tokenizer = Tokenizer.from_pretrained(cfg.model)
+    train_examples = _read(cfg, files["train"])
+    if cfg.max_train_examples:
+        train_examples = train_examples[:cfg.max_train_examples]
+    dev_examples = _read(cfg, files["dev"])
+    label_list = make_label_list(cfg.task, train_examples)
+    if spec.kind in ("classification", "tagging"):
+        check_labels(dev_examples, label_list, files["dev"])
+    train_feats, cut_train = encode(spec.kind, train_examples, tokenizer, cfg, label_list, training=True)
+    dev_feats, cut_dev = encode(spec.kind, dev_examples, tokenizer, cfg, label_list, training=False)
+    for name, count, total in (("train", cut_train, len(train_examples)), ("dev", cut_dev, len(dev_examples))):
+        if count:
+            print(f"note: {count} of {total} {name} examples were longer than --max-seq-len and were truncated",
+                  file=sys.stderr)
+    data = dict(kind=spec.kind, metric=spec.metric, labels=label_list, train=train_feats,
+                dev_examples=dev_examples, dev=dev_feats)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results = {}
+    for seed in cfg.seeds:
+        out = cfg.out if len(cfg.seeds) == 1 else os.path.join(cfg.out, f"seed-{seed}")
+        results[seed] = train_one_seed(cfg, seed, out, data, tokenizer, device)
+    summary = summarize(results, spec.metrics)
+    if len(cfg.seeds) > 1:
+        atomic_write_json(os.path.join(cfg.out, "eval_results.json"), summary)
+    atomic_write_json(os.path.join(cfg.out, "finetune_config.json"), dataclasses.asdict(cfg))
+    return summary
+
+
+def summarize(results: dict[int, dict], names) -> dict:
+    """Mean and (sample) std of each metric over seeds; small GLUE sets swing by points between seeds."""
+    keys = [k for k in results[next(iter(results))] if isinstance(results[next(iter(results))][k], float)]
+    summary = {"seeds": list(results), "per_seed": {str(s): r for s, r in results.items()}}
+    for key in keys:
+        values = [r[key] for r in results.values()]
+        summary[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate / predict on a fine-tuned directory
+
+
+def load_finetuned(model_dir: str, task: str):
+    """A fine-tuned directory's model, tokenizer and task settings; the task must match its head."""
+    from bertkit.checkpoint import load_model
+    from bertkit.data.tasks import TASKS
+    from bertkit.tokenizer import Tokenizer
+
+    if task not in TASKS:
+        raise BertkitError(f"unknown --task {task!r}", hint=f"choose one of: {', '.join(TASKS)}")
+    settings_path = os.path.join(model_dir, TASK_FILE)
+    settings = {}
+    if os.path.isfile(settings_path):
+        with open(settings_path, encoding="utf-8") as f:
+            settings = json.load(f)
+    model = load_model(model_dir)
+    kind = TASKS[task].kind
+    if type(model).__name__ != HEADS[kind]:
+        raise BertkitError(f"--model {model_dir} has a {type(model).__name__} head, but --task {task} needs "
+                           f"{HEADS[kind]}", hint="pass the directory fine-tuned for this task, or the matching --task")
+    if settings.get("task") and settings["task"] != task and TASKS[settings["task"]].labels != TASKS[task].labels:
+        raise BertkitError(f"--model {model_dir} was fine-tuned for {settings['task']}, not {task}",
+                           hint=f"use --task {settings['task']}")
+    labels = settings.get("labels")
+    if labels is None and model.config.id2label and kind in ("classification", "tagging"):
+        labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    return model, Tokenizer.from_pretrained(model_dir), settings, labels
+
+
+def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
+    from bertkit.data.tasks import TASKS, check_labels
+
+    model, tokenizer, settings, labels = load_finetuned(cfg.model, cfg.task)
+    cfg = _with_settings(cfg, settings)
+    files = task_files(cfg) if cfg.data else {"dev": cfg.dev}
+    kind = TASKS[cfg.task].kind
+    examples = _read(cfg, files["dev"])
+    if kind in ("classification", "tagging"):
+        check_labels(examples, labels, files["dev"], known_from="the model's labels")
+    feats, _ = encode(kind, examples, tokenizer, cfg, labels, training=False)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    result, _ = score(kind, cfg.task, examples, feats, predict_logits(model, feats, cfg, tokenizer.pad_token_id,
+                                                                          device), labels, cfg)
+    result = {k: float(v) for k, v in result.items()}
+    atomic_write_json(output or os.path.join(cfg.model, "eval_results.json"), result)
+    return result
+
+
+def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
+    """Predictions for unlabeled input: GLUE tasks as the benchmark's submission TSV, others as JSONL."""
+    from bertkit.data.tasks import TASKS
+
+    model, tokenizer, settings, labels = load_finetuned(cfg.model, cfg.task)
+    cfg = _with_settings(cfg, settings)
+    spec = TASKS[cfg.task]
+    examples = _read_unlabeled(cfg, input_path)
+    if not examples:
+        raise BertkitError(f"{input_path}: no examples", hint="the file is empty")
+    feats, _ = encode(spec.kind, examples, tokenizer, cfg, labels, training=False)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, device)
+    _, predictions = score(spec.kind, cfg.task, _unlabel(examples), feats, outputs, labels, cfg)
+    if spec.kind == "span":
+        lines = [json.dumps({"id": e.id, "answer": predictions.get(e.id, "")}, ensure_ascii=False) for e in examples]
+    elif cfg.task in GLUE_TASKS:
+        lines = ["index\tprediction"] + [f"{i}\t{p}" for i, p in enumerate(predictions)]
+    else:
+        lines = [json.dumps({"prediction": p}, ensure_ascii=False) for p in predictions]
+    atomic_write_text(output, "\n".join(lines) + "\n")
+    return len(examples)
+
+
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+
+
+def _read_unlabeled(cfg: FinetuneConfig, path: str):
+    from bertkit.data.tasks import TASKS, read_choices
+
+    spec = TASKS[cfg.task]
+    if cfg.task in ("classify", "regress"):
+        return spec.read(path, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
+                         label_column=cfg.label_column, labeled=False)
+    if spec.kind == "choice":
+        return read_choices(path, labeled=False)
+    return spec.read(path)
+
+
+def _unlabel(examples):
+    """Copies without labels, so scoring returns predictions only."""
+    if examples and hasattr(examples[0], "label") and not isinstance(examples[0].label, list):
+        return [dataclasses.replace(e, label=None) for e in examples]
+    return examples
+
+
+def _with_settings(cfg: FinetuneConfig, settings: dict) -> FinetuneConfig:
+    keep = {k: v for k, v in settings.items() if k in {f.name for f in dataclasses.fields(FinetuneConfig)}
+            and k != "task" and getattr(cfg, k) == getattr(FinetuneConfig(task="", model="", out=""), k)}
+    return dataclasses.replace(cfg, **keep)
