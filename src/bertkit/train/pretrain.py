@@ -139,6 +139,7 @@ def build(cfg: PretrainConfig):
         config = load_model_config(cfg.model_config)
         config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
                                      **cfg.model_overrides)
+        torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed fixes
         model = BertForPreTraining(config)
     if cfg.dropout is not None:
         for m in model.modules():
