@@ -42,14 +42,23 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_vocab(args: argparse.Namespace) -> None:
-    from bertkit.data.corpus import expand_inputs
+    from bertkit.data.corpus import expand_inputs, iter_paragraphs
     from bertkit.tokenizer import Tokenizer
 
     files = expand_inputs(args.input)
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
         raise BertkitError(f"--out {args.out}: directory exists and is not empty", hint="choose a new --out or pass --force")
-    tokenizer = Tokenizer.train(files, vocab_size=args.vocab_size, lowercase=not args.cased,
-                                show_progress=not args.quiet)
+    stats: dict = {}
+
+    def lines():  # read through the corpus readers: formats, strict UTF-8 with positions
+        for path in files:
+            for document in iter_paragraphs(path, args.format, args.skip_bad_lines, stats):
+                yield from document
+
+    tokenizer = Tokenizer.train_from_iterator(lines(), vocab_size=args.vocab_size, lowercase=not args.cased,
+                                              show_progress=not args.quiet)
+    if tokenizer.vocab_size <= 5:
+        raise BertkitError(f"{', '.join(files)}: no text to learn a vocabulary from", hint="check the input files")
     tokenizer.save_pretrained(args.out)
     print(f"wrote {args.out}: {tokenizer.vocab_size} WordPiece tokens ({'cased' if args.cased else 'uncased'})",
           file=sys.stderr)
@@ -79,7 +88,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         max_predictions=args.max_predictions, precision=args.precision, seed=args.seed, log_every=args.log_every,
         eval_every=args.eval_every, eval_samples=args.eval_samples, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, compile=args.compile, device=args.device,
-        parallel=args.parallel, dropout=args.dropout, stop_at=args.stop_at, show_progress=not args.quiet)
+        parallel=args.parallel, dropout=args.dropout, stop_at=args.stop_at, max_minutes=args.max_minutes,
+        show_progress=not args.quiet)
     pretrain(cfg)
 
 
@@ -87,7 +97,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from bertkit.demo import run_demo
 
     run_demo(args.out, corpus_files=args.corpus, steps=args.steps, precision=args.precision, seed=args.seed,
-             corpus_bytes=args.corpus_bytes, show_progress=not args.quiet)
+             corpus_bytes=args.corpus_bytes, model_config=args.model_config, lr=args.lr, seq_len=args.seq_len,
+             batch_size=args.batch_size, vocab_size=args.vocab_size, show_progress=not args.quiet)
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
@@ -189,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=positive_int, default=30522)
     p.add_argument("--out", required=True, help="tokenizer directory to write")
     p.add_argument("--cased", action="store_true", help="keep case and accents (default: lower-case, strip accents)")
+    p.add_argument("--format", choices=["text", "wikiextractor", "jsonl"], default="text")
+    p.add_argument("--skip-bad-lines", action="store_true", help="skip lines that are not UTF-8")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_vocab)
@@ -232,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp", help="under torchrun")
     p.add_argument("--dropout", type=float, default=None, help="override the model's dropout probabilities")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget: evaluate and save the final model when it is spent")
     p.add_argument("--stop-at", type=positive_int, default=None,
                    help="save a checkpoint and stop after this step (continue later with --resume)")
     p.add_argument("--quiet", action="store_true")
@@ -240,9 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="learn a vocabulary, prepare and pre-train a small BERT in minutes on a CPU")
     p.add_argument("--out", default="demo-out", help="directory to create (default: demo-out)")
     p.add_argument("--corpus", nargs="+", help="your own text files (default: the Python docs shipped with Python)")
-    p.add_argument("--steps", type=positive_int, default=800)
+    p.add_argument("--steps", type=positive_int, default=2500)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-config", default="tiny", help="preset or config.json")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seq-len", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--vocab-size", type=positive_int, default=4000)
     p.add_argument("--corpus-bytes", type=positive_int, default=3_000_000,
                    help="cap on the built-in corpus (a smaller one runs faster)")
     p.add_argument("--quiet", action="store_true")

@@ -23,8 +23,8 @@ from bertkit.files import atomic_write_text
 # Sentences about the corpus' subject, each with one word hidden; the expected word is in brackets.
 PROBES = [
     "The [MASK] statement is used for conditional execution.",
-    "A [MASK] is raised when an error occurs.",
-    "The for statement is used to iterate over the elements of a [MASK].",
+    "If the argument is omitted, [MASK] is returned.",
+    "Raise a [MASK] if the key is not found.",
     "Each argument is evaluated from left to [MASK].",
 ]
 
@@ -81,8 +81,8 @@ def show_fill_mask(model, tokenizer, title: str) -> None:
         print(f"  {probe:<72} -> {shown}")
 
 
-def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 800, vocab_size: int = 4000,
-             model_config: str = "mini", seq_len: int = 128, batch_size: int = 32, lr: float = 1e-3,
+def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 2500, vocab_size: int = 4000,
+             model_config: str = "tiny", seq_len: int = 128, batch_size: int = 32, lr: float = 2e-3,
              precision: str = "bf16", seed: int = 0, corpus_bytes: int = 3_000_000,
              show_progress: bool = True) -> dict:
     from bertkit.data.prepare import prepare

@@ -62,6 +62,7 @@ class PretrainConfig:
     compile: bool = False
     device: str | None = None
     parallel: str = "ddp"  # or "fsdp"
+    max_minutes: float | None = None  # a wall-clock budget: finish (evaluate, save) when it is spent
     stop_at: int | None = None  # save and stop after this step, as if interrupted (resume with --resume)
     max_bad_steps: int = 10  # stop after this many consecutive non-finite steps
     dropout: float | None = None  # override the config's dropout probabilities
@@ -283,8 +284,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
         return path
 
     model.train()
+    started = time.perf_counter()
+    last_step = cfg.steps
     with StopRequest() as stop:
-        while step < cfg.steps:
+        while step < last_step:
             lr = cfg.lr * warmup_linear(step, warmup_steps, cfg.steps)
             set_lr(optimizer, lr)
             for is_last, j, indices in micro_batches(order, offset, cfg, world):
@@ -321,8 +324,13 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 train_set.set_epoch(epoch)
                 order = epoch_order(len(train_set), cfg.seed, epoch)
             progress.update(1)
+            if cfg.max_minutes is not None and step < last_step:
+                out_of_time = time.perf_counter() - started > 60 * cfg.max_minutes
+                if distributed.all_reduce_sum([float(out_of_time)], world)[0] > 0:
+                    last_step = step  # the budget is spent: this step is the last one
+                    progress.write(f"--max-minutes {cfg.max_minutes}: time is up after step {step}")
 
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if step % cfg.log_every == 0 or step == last_step:
                 keys = list(window)
                 sums = distributed.all_reduce_sum([window[k] for k in keys] + [window_tokens], world)
                 elapsed = time.perf_counter() - window_start - eval_seconds
@@ -338,7 +346,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 window_tokens, window_norm, window_steps, window_start = 0, 0.0, 0, time.perf_counter()
                 eval_seconds = 0.0
 
-            if validation is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if validation is not None and (step % cfg.eval_every == 0 or step == last_step):
                 eval_started = time.perf_counter()
                 if world.is_main:
                     last_eval = {"step": step, **evaluate(model, validation, cfg, world.device), "split": "validation"}
@@ -350,9 +358,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 eval_seconds += time.perf_counter() - eval_started
 
             stop_now = distributed.all_reduce_sum([float(stop.requested)], world)[0] > 0 or step == cfg.stop_at
-            if step % cfg.save_every == 0 or step == cfg.steps or stop_now:
+            if step % cfg.save_every == 0 or step == last_step or stop_now:
                 path = checkpoint(step)
-                if stop_now and step < cfg.steps:
+                if stop_now and step < last_step:
                     progress.close()
                     if world.is_main:
                         print(f"stopped at step {step}; checkpoint {path}. Resume with the same command plus --resume",
