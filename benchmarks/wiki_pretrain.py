@@ -139,7 +139,8 @@ def main() -> None:
         bertkit("pretrain", "--data", data, "--out", run, "--model-config", "mini", "--steps", str(PLANNED_STEPS),
                 "--batch-size", str(BATCH), "--seq-len", str(SEQ), "--precision", "bf16", "--lr", str(LR),
                 "--warmup", str(WARMUP), "--seed", str(SEED), "--max-minutes", str(args.minutes), "--log-every", "25",
-                "--eval-every", "250", "--eval-samples", "500", "--save-every", "100000", "--quiet")
+                "--eval-every", "250", "--eval-samples", "500", "--save-every", "100000", "--device", "cpu",
+                "--quiet")
     hf_model, hf_steps, hf_tps = train_hf(data, args.minutes, os.path.join(args.work, "hf-metrics.jsonl"))
 
     tokenizer = Tokenizer.from_pretrained(os.path.join(data, "tokenizer"))

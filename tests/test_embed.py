@@ -65,15 +65,14 @@ def test_unnormalized_mean_pooling_matches_transformers_encoder(tmp_path, senten
 
 
 def test_cls_pooling_is_the_first_token(tmp_path, sentences):
-    from bertkit.model import BertModel
-    from bertkit.tokenizer import Tokenizer
-
-    ours = run_embed(tmp_path, sentences[:5], "--pooling", "cls")
-    model = BertModel.from_pretrained(minilm_path()).eval()
-    tok = Tokenizer.from_pretrained(minilm_path())
+    transformers = pytest.importorskip("transformers")
+    ours = run_embed(tmp_path, sentences[:5] + ["", "a last line"], "--pooling", "cls")
+    assert ours.shape[0] == 7  # blank lines keep their row: row i is line i
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    hf = transformers.BertModel.from_pretrained(minilm_path()).eval()
     with torch.no_grad():
-        expected = model(**tok(sentences[:5])).last_hidden_state[:, 0].numpy()
-    assert np.abs(ours - expected).max() < 1e-5
+        expected = hf(**tok(sentences[:5] + ["", "a last line"], padding=True, return_tensors="pt"))
+    assert np.abs(ours - expected.last_hidden_state[:, 0].numpy()).max() < 1e-5
 
 
 @pytest.mark.parametrize("content, message", [

@@ -190,7 +190,7 @@ def test_jsonl_format_and_errors(tmp_path):
                     + json.dumps({"text": "  \n"}) + "\n" + json.dumps({"text": "Only one."}) + "\n")
     assert list(iter_documents(str(path), "jsonl")) == [["Para one.", "Para two.", "Para three"], ["Only one."]]
     path.write_text('{"text": "fine"}\n{"text": broken}\n')
-    with pytest.raises(BertkitError, match=r"a.jsonl: line 2: invalid JSON"):
+    with pytest.raises(BertkitError, match=r"a.jsonl: line 2, column \d+: invalid JSON"):
         list(iter_documents(str(path), "jsonl"))
     path.write_text('{"text": "fine"}\n{"body": "no text"}\n')
     with pytest.raises(BertkitError, match=r"a.jsonl: line 2: no string field \"text\""):

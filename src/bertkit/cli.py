@@ -25,7 +25,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
     if not args.output.endswith(".npy"):
         raise BertkitError(f"--output {args.output}: must end in .npy", hint="e.g. --output embeddings.npy")
-    texts = read_lines(args.input)
+    texts = read_lines(args.input, skip_empty=False)  # row i of the output is line i of the input
     model = load_model(args.model)
     encoder = model if isinstance(model, BertModel) else model.bert
     tokenizer = Tokenizer.from_pretrained(args.model)
@@ -42,23 +42,15 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_vocab(args: argparse.Namespace) -> None:
-    from bertkit.data.corpus import expand_inputs, iter_paragraphs
-    from bertkit.tokenizer import Tokenizer
+    from bertkit.data.corpus import expand_inputs, train_tokenizer
 
     files = expand_inputs(args.input)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise BertkitError(f"--out {args.out}: exists and is not a directory", hint="choose another --out")
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
         raise BertkitError(f"--out {args.out}: directory exists and is not empty", hint="choose a new --out or pass --force")
-    stats: dict = {}
-
-    def lines():  # read through the corpus readers: formats, strict UTF-8 with positions
-        for path in files:
-            for document in iter_paragraphs(path, args.format, args.skip_bad_lines, stats):
-                yield from document
-
-    tokenizer = Tokenizer.train_from_iterator(lines(), vocab_size=args.vocab_size, lowercase=not args.cased,
-                                              show_progress=not args.quiet)
-    if tokenizer.vocab_size <= 5:
-        raise BertkitError(f"{', '.join(files)}: no text to learn a vocabulary from", hint="check the input files")
+    tokenizer = train_tokenizer(files, args.vocab_size, args.format, lowercase=not args.cased,
+                                skip_bad_lines=args.skip_bad_lines, show_progress=not args.quiet)
     tokenizer.save_pretrained(args.out)
     print(f"wrote {args.out}: {tokenizer.vocab_size} WordPiece tokens ({'cased' if args.cased else 'uncased'})",
           file=sys.stderr)
@@ -88,7 +80,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         max_predictions=args.max_predictions, precision=args.precision, seed=args.seed, log_every=args.log_every,
         eval_every=args.eval_every, eval_samples=args.eval_samples, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, compile=args.compile, device=args.device,
-        parallel=args.parallel, dropout=args.dropout, stop_at=args.stop_at, max_minutes=args.max_minutes,
+        dropout=args.dropout, stop_at=args.stop_at, max_minutes=args.max_minutes,
         show_progress=not args.quiet)
     pretrain(cfg)
 
@@ -119,6 +111,22 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
             for masks in fill_mask(model, tokenizer, text, args.top_k)]}, ensure_ascii=False))
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from bertkit.checkpoint import load_model
+    from bertkit.tokenizer import Tokenizer
+
+    if os.path.isdir(args.out) and os.listdir(args.out):
+        raise BertkitError(f"{args.out}: directory exists and is not empty", hint="choose a new output directory")
+    model = load_model(args.model, allow_pickle=args.allow_pickle)
+    model.save_pretrained(args.out)
+    try:
+        Tokenizer.from_pretrained(args.model).save_pretrained(args.out,
+                                                              model_max_length=model.config.max_position_embeddings)
+    except BertkitError:
+        print(f"note: no tokenizer in {args.model}; wrote the model only", file=sys.stderr)
+    print(f"wrote {args.out}: {type(model).__name__} as safetensors", file=sys.stderr)
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     from bertkit.plot import plot_runs
 
@@ -137,7 +145,11 @@ def _finetune_config(args: argparse.Namespace):
         try:
             values["seeds"] = [int(s) for s in values["seeds"].split(",") if s.strip()]
         except ValueError:
-            raise BertkitError(f"--seeds {args.seeds!r}: expected comma-separated integers", hint="e.g. --seeds 1,2,3")
+            values["seeds"] = None
+        seeds = values["seeds"]
+        if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+            raise BertkitError(f"--seeds {args.seeds!r}: expected distinct non-negative integers, comma-separated",
+                               hint="e.g. --seeds 1,2,3")
     values["show_progress"] = not getattr(args, "quiet", False)
     return FinetuneConfig(**values)
 
@@ -173,6 +185,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
     return value
 
 
@@ -214,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
     p.add_argument("--validation-fraction", type=float, default=0.01)
     p.add_argument("--skip-bad-lines", action="store_true", help="skip lines that are not UTF-8 (counted)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
@@ -234,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masking", choices=["token", "whole-word"], default="token")
     p.add_argument("--max-predictions", type=positive_int, default=None)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--log-every", type=positive_int, default=10)
     p.add_argument("--eval-every", type=positive_int, default=200)
     p.add_argument("--eval-samples", type=positive_int, default=1024)
@@ -242,8 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", type=positive_int, default=2)
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp", help="under torchrun")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--dropout", type=float, default=None, help="override the model's dropout probabilities")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="wall-clock budget: evaluate and save the final model when it is spent")
@@ -257,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", nargs="+", help="your own text files (default: the Python docs shipped with Python)")
     p.add_argument("--steps", type=positive_int, default=2500)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--model-config", default="tiny", help="preset or config.json")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seq-len", type=positive_int, default=128)
@@ -323,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("convert", help="re-save a model directory as safetensors (e.g. from pytorch_model.bin)")
+    p.add_argument("model", help="HuggingFace BERT directory")
+    p.add_argument("out", help="new directory")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read pytorch_model.bin with torch.load(weights_only=True); only for files you trust")
+    p.set_defaults(func=cmd_convert)
+
     p = sub.add_parser("plot", help="training curves from metrics.jsonl (several runs overlaid)")
     p.add_argument("run_dir", nargs="+")
     p.add_argument("--out", help="PNG file (default: RUN_DIR/curves.png)")
@@ -338,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except BertkitError as e:
         print(f"bertkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a disk full, a directory where a file was expected, no permission
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"bertkit {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bertkit {args.command}: interrupted", file=sys.stderr)

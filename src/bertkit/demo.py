@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from collections import Counter
 
@@ -85,17 +86,27 @@ def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 2500,
              model_config: str = "tiny", seq_len: int = 128, batch_size: int = 32, lr: float = 2e-3,
              precision: str = "bf16", seed: int = 0, corpus_bytes: int = 3_000_000,
              show_progress: bool = True) -> dict:
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise BertkitError(f"--out {out}: exists and is not an empty directory", hint="choose a new --out or delete it")
+    try:
+        return _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch_size, lr, precision, seed,
+                         corpus_bytes, show_progress)
+    except BertkitError:
+        shutil.rmtree(out, ignore_errors=True)  # a failed demo leaves nothing behind to trip the next try
+        raise
+
+
+def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch_size, lr, precision, seed,
+              corpus_bytes, show_progress) -> dict:
+    from bertkit.data.corpus import expand_inputs, train_tokenizer
     from bertkit.data.prepare import prepare
     from bertkit.model import BertForPreTraining
-    from bertkit.tokenizer import Tokenizer
     from bertkit.train.pretrain import PretrainConfig, build, pretrain
 
-    if os.path.isdir(out) and os.listdir(out):
-        raise BertkitError(f"--out {out}: directory exists and is not empty", hint="choose a new --out or delete it")
     started = time.perf_counter()
     os.makedirs(out, exist_ok=True)
     if corpus_files:
-        files, fmt = corpus_files, "text"
+        files, fmt = expand_inputs(corpus_files), "text"
         print(f"corpus: {', '.join(corpus_files)}")
     else:
         files, fmt = [os.path.join(out, "corpus.txt")], "text"
@@ -104,7 +115,7 @@ def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 2500,
               f"-> {files[0]}")
 
     print(f"\n[1/4] learning a {vocab_size}-token WordPiece vocabulary")
-    tokenizer = Tokenizer.train(files, vocab_size=vocab_size, lowercase=True)
+    tokenizer = train_tokenizer(files, vocab_size, fmt)
     tokenizer_dir = os.path.join(out, "tokenizer")
     tokenizer.save_pretrained(tokenizer_dir)
     print(f"      {tokenizer.vocab_size} tokens; e.g. {tokenizer.tokenize('Exceptions are raised by statements.')}")
@@ -132,6 +143,9 @@ def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 2500,
           f"{batch_size} x {seq_len} tokens, MLM + NSP, {precision}")
     torch.manual_seed(seed)
     held_out = pretrain(cfg)
+    if not held_out or held_out.get("step") != steps:
+        print("\npre-training was stopped before the end; the checkpoint is in", cfg.out)
+        return held_out
 
     print("\n[4/4] held-out evaluation")
     baseline = most_frequent_token_accuracy(validation)

@@ -67,8 +67,23 @@ def read_text(path: str) -> str:
 def read_lines(path: str, skip_empty: bool = True) -> list[str]:
     """Lines of a UTF-8 text file (one item per line); an input with no lines is an error."""
     lines = [line.rstrip("\r") for line in read_text(path).split("\n")]
+    if lines and not lines[-1]:
+        lines.pop()  # the newline that ends the last line
     if skip_empty:
         lines = [line for line in lines if line.strip()]
-    if not lines:
+    if not any(line.strip() for line in lines):
         raise BertkitError(f"{path}: file is empty", hint="give one text per line")
     return lines
+
+
+def json_object(path: str, number: int, line: str) -> dict:
+    """One line of a JSON Lines file, which must be an object; errors name the file, line and column."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise BertkitError(f"{path}: line {number}, column {e.colno}: invalid JSON: {e.msg}",
+                           hint="write one JSON object per line (JSON Lines), not one JSON array") from None
+    if not isinstance(record, dict):
+        raise BertkitError(f"{path}: line {number}: expected a JSON object, found {type(record).__name__}",
+                           hint='write one object per line, e.g. {"text": "..."}')
+    return record

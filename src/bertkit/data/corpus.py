@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import functools
 import glob
-import json
 import os
 import re
 from collections.abc import Iterator
 
 from bertkit.errors import BertkitError
+from bertkit.files import json_object
 
 FORMATS = ("text", "wikiextractor", "jsonl")
 
@@ -147,12 +147,8 @@ def _jsonl_documents(path: str, lines) -> Iterator[list[str]]:
     for number, line in lines:
         if not line:
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BertkitError(f"{path}: line {number}: invalid JSON at column {e.colno}: {e.msg}",
-                               hint="each line must be one JSON object such as {\"text\": \"...\"}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        record = json_object(path, number, line)
+        if not isinstance(record.get("text"), str):
             raise BertkitError(f"{path}: line {number}: no string field \"text\"",
                                hint="each line must be one JSON object such as {\"text\": \"...\"}")
         yield [p.strip() for p in record["text"].split("\n") if p.strip()]
@@ -179,3 +175,23 @@ def expand_inputs(patterns: list[str]) -> list[str]:
                 seen.add(f)
                 files.append(f)
     return files
+
+
+def train_tokenizer(files: list[str], vocab_size: int, fmt: str = "text", lowercase: bool = True,
+                    skip_bad_lines: bool = False, show_progress: bool = False):
+    """Learn a WordPiece vocabulary from corpus files, read through the same readers as `prepare`
+    (formats, strict UTF-8 with positions). Returns a `Tokenizer`."""
+    from bertkit.tokenizer import Tokenizer
+
+    stats: dict = {}
+
+    def lines():
+        for path in files:
+            for document in iter_paragraphs(path, fmt, skip_bad_lines, stats):
+                yield from document
+
+    tokenizer = Tokenizer.train_from_iterator(lines(), vocab_size=vocab_size, lowercase=lowercase,
+                                              show_progress=show_progress)
+    if tokenizer.vocab_size <= 5:  # the special tokens alone
+        raise BertkitError(f"{', '.join(files)}: no text to learn a vocabulary from", hint="check the input files")
+    return tokenizer

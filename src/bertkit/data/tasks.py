@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bertkit.errors import BertkitError, MissingFileError
-from bertkit.files import read_text
+from bertkit.files import json_object, read_text
 
 log = logging.getLogger(__name__)
 
@@ -271,15 +271,7 @@ def _json_lines(path: str) -> list[tuple[int, dict]]:
     for number, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BertkitError(f"{path}: line {number}, column {err.colno}: invalid JSON: {err.msg}",
-                               hint="write one JSON object per line (JSON Lines), not one JSON array") from None
-        if not isinstance(record, dict):
-            raise BertkitError(f"{path}: line {number}: expected a JSON object, found {type(record).__name__}",
-                               hint='write one object per line, e.g. {"text": "...", "label": "pos"}')
-        records.append((number, record))
+        records.append((number, json_object(path, number, line)))
     if not records:
         raise BertkitError(f"{path}: file is empty", hint="write one JSON object per line")
     return records

@@ -71,14 +71,25 @@ class FinetuneConfig:
 # Data
 
 
-def _read(cfg: FinetuneConfig, path: str, labeled: bool = True):
-    from bertkit.data.tasks import TASKS
+def _read(cfg: FinetuneConfig, path: str | None, labeled: bool = True, training: bool = False):
+    """Examples of a file. Evaluation reads SQuAD as the official script does: every question kept."""
+    from bertkit.data.tasks import TASKS, read_choices, read_squad
 
+    if not path:
+        raise BertkitError("no evaluation data", hint="pass --data DIR or --dev FILE")
     spec = TASKS[cfg.task]
     if cfg.task in ("classify", "regress"):
-        return spec.read(path, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
-                         label_column=cfg.label_column, labeled=labeled)
-    return spec.read(path)
+        examples = spec.read(path, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
+                             label_column=cfg.label_column, labeled=labeled)
+    elif spec.kind == "span":
+        examples = read_squad(path, version_2=cfg.task == "squad2", training=training)[0]
+    elif spec.kind == "choice":
+        examples = read_choices(path, labeled=labeled)
+    else:
+        examples = spec.read(path)
+    if not examples:
+        raise BertkitError(f"{path}: no examples", hint="the file holds no data rows")
+    return examples
 
 
 def task_files(cfg: FinetuneConfig) -> dict[str, str | None]:
@@ -108,6 +119,13 @@ def encode(kind: str, examples, tokenizer, cfg: FinetuneConfig, label_list, trai
         feats = F.encode_squad(examples, tokenizer, max_len, cfg.doc_stride, cfg.max_query_len, training=training)
         return feats, 0
     return F.encode_choices(examples, tokenizer, max_len)
+
+
+def check_length(cfg: FinetuneConfig, kind: str, positions: int) -> None:
+    max_len = cfg.max_seq_len or (384 if kind == "span" else 128)
+    if max_len > positions:
+        raise BertkitError(f"--max-seq-len {max_len} is longer than the model's {positions} positions",
+                           hint=f"pass --max-seq-len {positions} or less")
 
 
 def _length(feature: dict) -> int:
@@ -217,6 +235,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                                                               ("kind", "train", "dev_examples", "dev", "labels"))
     torch.manual_seed(seed)
     model = _load_model(kind, cfg.model, label_list).to(device)
+    check_length(cfg, kind, model.config.max_position_embeddings)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     rng = np.random.default_rng(seed)
     steps_per_epoch = math.ceil(len(train_feats) / cfg.batch_size)
@@ -280,7 +299,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
 def save_model_dir(model, tokenizer, out: str, cfg: FinetuneConfig, data: dict) -> None:
     """The model, its tokenizer and the task settings, written beside each other (each file atomically)."""
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    tokenizer.save_pretrained(out, model_max_length=model.config.max_position_embeddings)
     atomic_write_json(os.path.join(out, TASK_FILE), {
         "task": cfg.task, "kind": data["kind"], "labels": data["labels"], "max_seq_len": cfg.max_seq_len,
         "doc_stride": cfg.doc_stride, "max_query_len": cfg.max_query_len, "null_threshold": cfg.null_threshold,
@@ -302,7 +321,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                            hint="choose a new --out, or pass --force to overwrite")
     spec = TASKS[cfg.task]
     tokenizer = Tokenizer.from_pretrained(cfg.model)
-    train_examples = _read(cfg, files["train"])
+    train_examples = _read(cfg, files["train"], training=True)
     if cfg.max_train_examples:
         train_examples = train_examples[:cfg.max_train_examples]
     dev_examples = _read(cfg, files["dev"])
@@ -315,6 +334,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         if count:
             print(f"note: {count} of {total} {name} examples were longer than --max-seq-len and were truncated",
                   file=sys.stderr)
+    if not train_feats:
+        raise BertkitError(f"{files['train']}: no usable training examples", hint="check the file's contents")
     data = dict(kind=spec.kind, metric=spec.metric, labels=label_list, train=train_feats,
                 dev_examples=dev_examples, dev=dev_feats)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -367,6 +388,8 @@ def load_finetuned(model_dir: str, task: str):
     labels = settings.get("labels")
     if labels is None and model.config.id2label and kind in ("classification", "tagging"):
         labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    if labels is None and kind == "classification" and TASKS[task].labels:
+        labels = list(TASKS[task].labels)  # a classifier saved without label names: the task's own list
     return model, Tokenizer.from_pretrained(model_dir), settings, labels
 
 
@@ -375,7 +398,8 @@ def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
 
     model, tokenizer, settings, labels = load_finetuned(cfg.model, cfg.task)
     cfg = _with_settings(cfg, settings)
-    files = task_files(cfg) if cfg.data else {"dev": cfg.dev}
+    check_length(cfg, TASKS[cfg.task].kind, model.config.max_position_embeddings)
+    files = task_files(cfg)
     kind = TASKS[cfg.task].kind
     examples = _read(cfg, files["dev"])
     if kind in ("classification", "tagging"):
@@ -397,9 +421,8 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     model, tokenizer, settings, labels = load_finetuned(cfg.model, cfg.task)
     cfg = _with_settings(cfg, settings)
     spec = TASKS[cfg.task]
-    examples = _read_unlabeled(cfg, input_path)
-    if not examples:
-        raise BertkitError(f"{input_path}: no examples", hint="the file is empty")
+    check_length(cfg, spec.kind, model.config.max_position_embeddings)
+    examples = _read(cfg, input_path, labeled=False)
     feats, _ = encode(spec.kind, examples, tokenizer, cfg, labels, training=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
@@ -416,18 +439,6 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
 
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
-
-
-def _read_unlabeled(cfg: FinetuneConfig, path: str):
-    from bertkit.data.tasks import TASKS, read_choices
-
-    spec = TASKS[cfg.task]
-    if cfg.task in ("classify", "regress"):
-        return spec.read(path, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
-                         label_column=cfg.label_column, labeled=False)
-    if spec.kind == "choice":
-        return read_choices(path, labeled=False)
-    return spec.read(path)
 
 
 def _unlabel(examples):

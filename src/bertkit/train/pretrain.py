@@ -61,7 +61,6 @@ class PretrainConfig:
     resume: bool = False
     compile: bool = False
     device: str | None = None
-    parallel: str = "ddp"  # or "fsdp"
     max_minutes: float | None = None  # a wall-clock budget: finish (evaluate, save) when it is spent
     stop_at: int | None = None  # save and stop after this step, as if interrupted (resume with --resume)
     max_bad_steps: int = 10  # stop after this many consecutive non-finite steps
@@ -108,14 +107,14 @@ def _check_out_dir(cfg: PretrainConfig) -> None:
                            hint="pass --resume to continue that run, or choose a new --out")
 
 
-def build(cfg: PretrainConfig):
+def build(cfg: PretrainConfig, world_size: int = 1):
     """Everything the loop needs, validated before anything is written."""
     from bertkit.data.pretraining import PreparedCorpus, PretrainingDataset
     from bertkit.data.prepare import load_manifest
     from bertkit.tokenizer import Tokenizer
 
     for choice, allowed in ((cfg.objective, ("nsp", "none")), (cfg.masking, ("token", "whole-word")),
-                            (cfg.precision, ("fp32", "bf16")), (cfg.parallel, ("ddp", "fsdp"))):
+                            (cfg.precision, ("fp32", "bf16"))):
         if choice not in allowed:
             raise BertkitError(f"{choice!r} is not one of {', '.join(allowed)}", hint="see bertkit pretrain --help")
     for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "save_every"):
@@ -143,6 +142,8 @@ def build(cfg: PretrainConfig):
         torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed fixes
         model = BertForPreTraining(config)
     if cfg.dropout is not None:
+        if not 0.0 <= cfg.dropout < 1.0:
+            raise BertkitError(f"--dropout {cfg.dropout}: must be in [0, 1)", hint="e.g. --dropout 0.1, or 0 for none")
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = cfg.dropout
@@ -154,6 +155,11 @@ def build(cfg: PretrainConfig):
     common = dict(seq_len=cfg.seq_len, objective=cfg.objective, masking=cfg.masking,
                   max_predictions=cfg.max_predictions, seed=cfg.seed)
     train = PretrainingDataset.from_tokenizer(PreparedCorpus(cfg.data, "train"), tokenizer, **common)
+    train.set_epoch(0)
+    samples_per_step = cfg.batch_size * cfg.grad_accum * world_size
+    if len(train) < samples_per_step:
+        raise BertkitError(f"the training data has {len(train)} samples, fewer than one step needs "
+                           f"({samples_per_step})", hint="prepare more text or lower --batch-size")
     validation = None
     try:
         val_corpus = PreparedCorpus(cfg.data, "validation")
@@ -222,12 +228,39 @@ def _summarize(t: dict) -> dict:
 
 
 def _truncate_metrics(path: str, last_step: int) -> None:
-    """On resume, drop metric lines past the checkpoint so the file reads as one uninterrupted run."""
+    """On resume, drop metric lines past the checkpoint so the file reads as one uninterrupted run
+    (a line cut short by a crash is dropped too)."""
     if not os.path.exists(path):
         return
+    kept = []
     with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    atomic_write_text(path, "".join(lines))
+        for line in f:
+            try:
+                if json.loads(line).get("step", 0) <= last_step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except json.JSONDecodeError:
+                continue
+    atomic_write_text(path, "".join(kept))
+
+
+# What fixes the sample stream: a resumed run must agree on these, or it would silently see other samples.
+STREAM_FIELDS = ("seed", "batch_size", "grad_accum", "seq_len", "objective", "masking", "max_predictions")
+
+
+def stream_signature(cfg: PretrainConfig, world: distributed.World) -> dict:
+    return {**{k: getattr(cfg, k) for k in STREAM_FIELDS}, "world_size": world.world_size,
+            "data": [os.path.abspath(d) for d in cfg.data]}
+
+
+def check_resume(state: dict, cfg: PretrainConfig, world: distributed.World, path: str) -> None:
+    saved = state.get("stream")
+    if saved is None:
+        return
+    now = stream_signature(cfg, world)
+    changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k]]
+    if changed:
+        raise BertkitError(f"--resume {path}: the run was started with other settings ({'; '.join(changed)})",
+                           hint="resume with the original settings, or start a new --out")
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -237,9 +270,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
     from bertkit.data.pretraining import collate
 
     world = distributed.setup(cfg.device)
-    model, tokenizer, train_set, validation = build(cfg)
+    model, tokenizer, train_set, validation = build(cfg, world.world_size)
+    distributed.barrier(world)  # every rank has validated --out before rank 0 writes into it
     model.to(world.device)
-    wrapped = distributed.wrap(model, world, cfg.parallel)
+    wrapped = distributed.wrap(model, world)
     if cfg.compile:
         wrapped = torch.compile(wrapped, dynamic=True)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -248,6 +282,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     checkpoints = complete_checkpoints(cfg.out) if cfg.resume else []
     if checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer)
+        check_resume(state, cfg, world, checkpoints[-1])
         step, epoch, offset = state["step"], state["epoch"], state["offset"]
         bad_steps_total = state.get("skipped_steps", 0)
         if world.is_main:
@@ -255,20 +290,18 @@ def pretrain(cfg: PretrainConfig) -> dict:
             _truncate_metrics(metrics_path, step)
     elif cfg.resume and world.is_main:
         print(f"--resume: no complete checkpoint in {cfg.out}; starting from step 0", file=sys.stderr)
+        _truncate_metrics(metrics_path, 0)
     if world.is_main:
         os.makedirs(cfg.out, exist_ok=True)
         atomic_write_json(os.path.join(cfg.out, "run.json"), dataclasses.asdict(cfg))
     samples_per_step = cfg.batch_size * cfg.grad_accum * world.world_size
     train_set.set_epoch(epoch)
-    if len(train_set) < samples_per_step:
-        raise BertkitError(f"the training data has {len(train_set)} samples, fewer than one step needs "
-                           f"({samples_per_step})", hint="prepare more text or lower --batch-size")
     order = epoch_order(len(train_set), cfg.seed, epoch)
     warmup_steps = max(1, round(cfg.warmup * cfg.steps))
     autocast = torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     window = dict(mlm_loss=0.0, mlm_correct=0, mlm_count=0, nsp_loss=0.0, nsp_correct=0, nsp_count=0)
-    window_tokens, window_norm, window_steps, window_start = 0, 0.0, 0, time.perf_counter()
-    eval_seconds = 0.0  # evaluation time inside the logging window: not training throughput
+    window_tokens, window_norm, window_good_steps, window_start = 0, 0.0, 0, time.perf_counter()
+    paused_seconds = 0.0  # evaluation and checkpoint time in the logging window: not training
     consecutive_bad = 0
     last_eval: dict = {}
     progress = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step",
@@ -279,7 +312,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         if world.is_main:
             path = save_checkpoint(cfg.out, at_step, model, tokenizer, optimizer,
                                    {"epoch": epoch, "offset": offset, "skipped_steps": bad_steps_total,
-                                    "seed": cfg.seed}, keep=cfg.keep_checkpoints)
+                                    "stream": stream_signature(cfg, world)}, keep=cfg.keep_checkpoints)
         distributed.barrier(world)
         return path
 
@@ -305,6 +338,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
             if torch.isfinite(grad_norm):
                 optimizer.step()
                 consecutive_bad = 0
+                window_norm += float(grad_norm)
+                window_good_steps += 1
             else:
                 bad_steps_total += 1
                 consecutive_bad += 1
@@ -315,8 +350,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
                         hint=f"last good checkpoint: {last[-1] if last else 'none'}; likely causes: learning rate too "
                              "high, fp16/bf16 overflow, or corrupt data; lower --lr or use --precision fp32")
             optimizer.zero_grad(set_to_none=True)
-            window_norm += float(grad_norm)
-            window_steps += 1
             step += 1
             offset += samples_per_step
             if offset + samples_per_step > len(train_set):  # next epoch: new NSP pairs, new masks, new order
@@ -333,9 +366,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
             if step % cfg.log_every == 0 or step == last_step:
                 keys = list(window)
                 sums = distributed.all_reduce_sum([window[k] for k in keys] + [window_tokens], world)
-                elapsed = time.perf_counter() - window_start - eval_seconds
+                elapsed = time.perf_counter() - window_start - paused_seconds
                 line = {"step": step, **_summarize(dict(zip(keys, sums[:-1]))), "lr": lr,
-                        "tokens_per_s": sums[-1] / elapsed, "grad_norm": window_norm / window_steps,
+                        "tokens_per_s": sums[-1] / elapsed, "grad_norm": window_norm / window_good_steps if window_good_steps else None,
                         "skipped_steps": bad_steps_total, "epoch": epoch}
                 if world.is_main:
                     with open(metrics_path, "a", encoding="utf-8") as f:
@@ -343,8 +376,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
                     progress.set_postfix(loss=f"{line['loss']:.3f}", mlm_acc=f"{line['mlm_accuracy']:.3f}",
                                          tok_s=f"{line['tokens_per_s']:.0f}")
                 window = dict.fromkeys(window, 0)
-                window_tokens, window_norm, window_steps, window_start = 0, 0.0, 0, time.perf_counter()
-                eval_seconds = 0.0
+                window_tokens, window_norm, window_good_steps, window_start = 0, 0.0, 0, time.perf_counter()
+                paused_seconds = 0.0
 
             if validation is not None and (step % cfg.eval_every == 0 or step == last_step):
                 eval_started = time.perf_counter()
@@ -355,11 +388,13 @@ def pretrain(cfg: PretrainConfig) -> dict:
                     progress.write(f"step {step}: held-out " + ", ".join(
                         f"{k} {v:.4f}" for k, v in last_eval.items() if k not in ("step", "split")))
                 distributed.barrier(world)
-                eval_seconds += time.perf_counter() - eval_started
+                paused_seconds += time.perf_counter() - eval_started
 
             stop_now = distributed.all_reduce_sum([float(stop.requested)], world)[0] > 0 or step == cfg.stop_at
             if step % cfg.save_every == 0 or step == last_step or stop_now:
+                save_started = time.perf_counter()
                 path = checkpoint(step)
+                paused_seconds += time.perf_counter() - save_started
                 if stop_now and step < last_step:
                     progress.close()
                     if world.is_main:
@@ -373,7 +408,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         tmp = final + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp, model_max_length=model.config.max_position_embeddings)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         try:

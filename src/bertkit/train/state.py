@@ -7,8 +7,9 @@
 
 A checkpoint is written under a temporary name, fsynced, and renamed: a directory called step-N with a
 trainer_state.json in it is complete, anything else is debris from a crash and is ignored (and removed
-by the next save). The data position needs no RNG state: samples and dropout are seeded from
-(seed, step), so the step number alone resumes the exact stream.
+by the next save). The data position needs no RNG state: samples and masks are seeded from
+(seed, epoch, index) and dropout from (seed, step, micro-batch), so (epoch, offset) and the step
+resume the exact stream.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def save_checkpoint(run_dir: str, step: int, model, tokenizer, optimizer, traine
     os.makedirs(tmp)
     try:
         model.save_pretrained(os.path.join(tmp, "model"))
-        tokenizer.save_pretrained(os.path.join(tmp, "model"))
+        tokenizer.save_pretrained(os.path.join(tmp, "model"),
+                                  model_max_length=model.config.max_position_embeddings)
         tensors, groups = optimizer_tensors(optimizer)
         save_tensors(os.path.join(tmp, OPTIMIZER_NAME), tensors)
         atomic_write_json(os.path.join(tmp, STATE_NAME), {**trainer_state, "step": step, "optimizer_groups": groups})
