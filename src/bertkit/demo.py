@@ -148,10 +148,11 @@ def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch
         return held_out
 
     print("\n[4/4] held-out evaluation")
-    baseline = most_frequent_token_accuracy(validation)
+    mlm_floor, nsp_floor = baselines(validation, cfg.eval_samples)
     print(f"      MLM accuracy {held_out['mlm_accuracy']:.1%}  (chance 1/{tokenizer.vocab_size} = "
-          f"{1 / tokenizer.vocab_size:.2%}; always guessing the most frequent token: {baseline:.1%})")
-    print(f"      NSP accuracy {held_out['nsp_accuracy']:.1%}  (chance 50%)")
+          f"{1 / tokenizer.vocab_size:.2%}; always guessing the most frequent token: {mlm_floor:.1%})")
+    print(f"      NSP accuracy {held_out['nsp_accuracy']:.1%}  (chance 50%; always guessing the majority class: "
+          f"{nsp_floor:.1%})")
     model = BertForPreTraining.from_pretrained(os.path.join(cfg.out, "model"))
     show_fill_mask(model, tokenizer, "fill-mask after pre-training:")
     print(f"\nmodel directory (HuggingFace format): {os.path.join(cfg.out, 'model')}")
@@ -160,13 +161,16 @@ def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch
     return held_out
 
 
-def most_frequent_token_accuracy(dataset) -> float:
-    """MLM accuracy of always answering the most frequent masked token: the floor a model must beat."""
+def baselines(dataset, n: int) -> tuple[float, float]:
+    """Accuracy of answering without looking at the input, on the samples the evaluation scores:
+    the most frequent masked token (MLM) and the majority NSP label. The floors a model must beat."""
     dataset.set_epoch(0)
-    counts: Counter = Counter()
-    for i in range(min(len(dataset), 512)):
-        labels = dataset[i]["labels"]
-        counts.update(labels[labels >= 0].tolist())
-    total = sum(counts.values())
-    return counts.most_common(1)[0][1] / total if total else 0.0
+    tokens: Counter = Counter()
+    is_next: Counter = Counter()
+    for i in range(min(len(dataset), n)):
+        sample = dataset[i]
+        tokens.update(sample["labels"][sample["labels"] >= 0].tolist())
+        is_next[int(sample["next_sentence_label"])] += 1
+    return (tokens.most_common(1)[0][1] / max(1, sum(tokens.values())),
+            is_next.most_common(1)[0][1] / max(1, sum(is_next.values())))
 
