@@ -137,3 +137,35 @@ def test_demo_smoke(tmp_path):
     assert "MLM accuracy" in proc.stdout and "NSP accuracy" in proc.stdout
     assert (tmp_path / "demo" / "run" / "model" / "model.safetensors").exists()
     assert (tmp_path / "demo" / "run" / "curves.png").exists()
+
+
+def test_real_wikipedia_vocab_prepare_pretrain(tmp_path):
+    """The WikiExtractor files of ../shared/data: tags and empty pages gone, a few real training steps.
+    (The 15-minute run against transformers is benchmarks/wiki_pretrain.py; numbers in BENCHMARKS.md.)"""
+    from conftest import shared_data
+
+    corpus = shared_data("corpus", "enwiki-wikiextractor")
+    files = [corpus / "wiki_00", corpus / "wiki_01"]
+    run("vocab", "--input", *files, "--format", "wikiextractor", "--vocab-size", 8000, "--out", tmp_path / "tok",
+        "--quiet")
+    vocab = (tmp_path / "tok" / "vocab.txt").read_text().split("\n")
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    run("prepare", "--input", *files, "--format", "wikiextractor", "--tokenizer", tmp_path / "tok", "--out",
+        tmp_path / "data", "--workers", 2, "--validation-fraction", 0.02, "--quiet")
+    splits = json.loads((tmp_path / "data" / "manifest.json").read_text())["splits"]
+    # MANIFEST.md: wiki_00 has 620 non-empty documents, wiki_01 495
+    assert splits["train"]["documents"] + splits["validation"]["documents"] == 620 + 495
+    assert splits["validation"]["documents"] >= 1
+    from bertkit.data.pretraining import PreparedCorpus
+    from bertkit.tokenizer import Tokenizer
+
+    text = Tokenizer.from_pretrained(tmp_path / "tok").decode(PreparedCorpus([str(tmp_path / "data")]).tokens(0, 20000))
+    assert "doc id" not in text and "< / doc >" not in text and "wikipedia. org" not in text  # tags dropped
+    run("pretrain", "--data", tmp_path / "data", "--out", tmp_path / "run", "--model-config", "tiny", "--steps", 3,
+        "--batch-size", 8, "--seq-len", 128, "--log-every", 1, "--eval-every", 3, "--eval-samples", 16, "--quiet")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    fields = {"step", "loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "lr", "tokens_per_s", "grad_norm"}
+    assert [r["step"] for r in rows if r.get("split") != "validation"] == [1, 2, 3]
+    assert all(fields <= r.keys() for r in rows if r.get("split") != "validation")
+    held_out = [r for r in rows if r.get("split") == "validation"]
+    assert len(held_out) == 1 and 0 <= held_out[0]["mlm_accuracy"] <= 1 and 0 <= held_out[0]["nsp_accuracy"] <= 1

@@ -469,3 +469,14 @@ def test_collate_pads_to_the_longest():
     assert batch["labels"].tolist() == [[-100, 7, -100, -100, -100], [-100, -100, 8, -100, -100]]
     assert batch["next_sentence_label"].tolist() == [1, 0]
     assert all(t.dtype == torch.long for t in batch.values())
+
+
+def test_whole_word_masking_chooses_at_least_one_word():
+    rng = np.random.default_rng(0)
+    ids = np.arange(10, 18)
+    special = np.zeros(8, bool)
+    word_starts = np.array([True, False, False, True, False, False, True, False])  # words of 3, 3, 2 pieces
+    for _ in range(20):
+        _, labels = mask_tokens(ids, special, rng, mask_id=4, vocab_size=100, random_token_ids=np.arange(5, 100),
+                                max_predictions=1, word_starts=word_starts)
+        assert (labels != -100).tolist() == [False] * 6 + [True, True]  # the shortest word, whole

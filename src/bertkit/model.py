@@ -144,7 +144,9 @@ class BertModel(PretrainedMixin, nn.Module):
     ) -> EncoderOutput:
         x = self.embeddings(input_ids, token_type_ids)
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        # Without padding the mask is dropped (SDPA's fastest path); under torch.compile that data-dependent
+        # test would break the graph, so there the mask is always applied.
+        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True where a key may be attended
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None

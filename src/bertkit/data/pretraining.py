@@ -239,6 +239,8 @@ def mask_tokens(input_ids: np.ndarray, special: np.ndarray, rng: np.random.Gener
                 break
             if n_taken + word_lengths[w] <= n_predict:
                 taken[w], n_taken = True, n_taken + word_lengths[w]
+        if n_taken == 0 and len(word_lengths):  # every word is longer than the budget: still predict one
+            taken[np.argmin(word_lengths)] = True
         chosen = candidates[taken[word_of]]
         decision = rng.random(len(word_lengths))[word_of[taken[word_of]]]
     masked = input_ids.copy()
