@@ -27,3 +27,24 @@ def minilm_path() -> str:
 
 
 slow = pytest.mark.skipif(not os.environ.get("BERTKIT_SLOW"), reason="slow: set BERTKIT_SLOW=1 to run")
+
+
+def run_cli(*args, check: bool = True, env: dict | None = None):
+    """`python -m bertkit ARGS` in a subprocess, as a user runs it; asserts success unless check=False."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "bertkit", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def assert_one_line_error(proc, *fragments) -> None:
+    """Exit status 2 and exactly one line on stderr that names every fragment."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert str(fragment) in lines[0], (fragment, lines[0])

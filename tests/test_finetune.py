@@ -4,31 +4,14 @@ loads with the same predictions, and bad input stops with one clear line and exi
 import json
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import minilm_path
+from conftest import assert_one_line_error, minilm_path, run_cli
 
 POSITIVE = "good great fine lovely superb wonderful".split()
 NEGATIVE = "bad awful poor dull terrible boring".split()
-
-
-def run(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "bertkit", *map(str, args)], capture_output=True, text=True)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def one_line_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    for fragment in fragments:
-        assert str(fragment) in lines[0], (fragment, lines[0])
 
 
 @pytest.fixture(scope="module")
@@ -66,20 +49,20 @@ def sst2(tmp_path_factory):
 def test_sst2_finetune_evaluate_predict_and_transformers_parity(tiny_model, sst2, tmp_path):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "out"
-    run("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", out, "--epochs", 2,
+    run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", out, "--epochs", 2,
         "--batch-size", 8, "--lr", 1e-3, "--quiet")
     result = json.loads((out / "eval_results.json").read_text())
     assert 0.0 <= result["accuracy"] <= 1.0 and result["epoch"] in (1, 2)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines if line.get("split") == "dev"] == [1, 2]
     # evaluate gives the kept epoch's metric
-    evaluated = json.loads(run("evaluate", "--task", "sst2", "--data", sst2, "--model", out,
+    evaluated = json.loads(run_cli("evaluate", "--task", "sst2", "--data", sst2, "--model", out,
                                "--output", tmp_path / "eval.json").stdout)
     assert evaluated["accuracy"] == pytest.approx(result["accuracy"])
     # predict: the GLUE submission format
     test = tmp_path / "test.tsv"
     test.write_text("index\tsentence\n0\tthe film was great\n1\tthe film was awful\n")
-    run("predict", "--task", "sst2", "--model", out, "--input", test, "--output", tmp_path / "pred.tsv")
+    run_cli("predict", "--task", "sst2", "--model", out, "--input", test, "--output", tmp_path / "pred.tsv")
     pred = (tmp_path / "pred.tsv").read_text().splitlines()
     assert pred[0] == "index\tprediction" and [p.split("\t")[0] for p in pred[1:]] == ["0", "1"]
     assert all(p.split("\t")[1] in ("0", "1") for p in pred[1:])
@@ -95,7 +78,7 @@ def test_sst2_finetune_evaluate_predict_and_transformers_parity(tiny_model, sst2
 
 
 def test_seeds_report_mean_and_std(tiny_model, sst2, tmp_path):
-    run("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", tmp_path / "o", "--epochs", 1,
+    run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", tmp_path / "o", "--epochs", 1,
         "--batch-size", 16, "--seeds", "1,2", "--quiet")
     summary = json.loads((tmp_path / "o" / "eval_results.json").read_text())
     per_seed = [json.loads((tmp_path / "o" / f"seed-{s}" / "eval_results.json").read_text())["accuracy"] for s in (1, 2)]
@@ -109,7 +92,7 @@ def test_regression_from_own_csv(tiny_model, tmp_path):
     rows = [(f"score {w} {w}", float(i % 5)) for i, w in enumerate(rng.choices(POSITIVE + NEGATIVE, k=30))]
     for name in ("train", "dev"):
         (tmp_path / f"{name}.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
-    run("finetune", "--task", "regress", "--train", tmp_path / "train.csv", "--dev", tmp_path / "dev.csv",
+    run_cli("finetune", "--task", "regress", "--train", tmp_path / "train.csv", "--dev", tmp_path / "dev.csv",
         "--model", tiny_model, "--out", tmp_path / "o", "--epochs", 1, "--quiet")
     result = json.loads((tmp_path / "o" / "eval_results.json").read_text())
     assert {"pearson", "spearmanr"} <= result.keys()
@@ -122,7 +105,7 @@ def test_ner_and_squad_run(tiny_model, tmp_path):
     (tmp_path / "ner").mkdir()
     for name in ("train.txt", "dev.txt"):
         (tmp_path / "ner" / name).write_text(conll)
-    run("finetune", "--task", "ner", "--data", tmp_path / "ner", "--model", tiny_model, "--out", tmp_path / "n",
+    run_cli("finetune", "--task", "ner", "--data", tmp_path / "ner", "--model", tiny_model, "--out", tmp_path / "n",
         "--epochs", 1, "--quiet")
     assert {"precision", "recall", "f1"} <= json.loads((tmp_path / "n" / "eval_results.json").read_text()).keys()
     context = "The tower was built in 1889 by Gustave Eiffel for the world fair in Paris."
@@ -133,7 +116,7 @@ def test_ner_and_squad_run(tiny_model, tmp_path):
     (tmp_path / "squad").mkdir()
     for name in ("train.json", "dev.json"):
         (tmp_path / "squad" / name).write_text(json.dumps(squad))
-    run("finetune", "--task", "squad", "--data", tmp_path / "squad", "--model", tiny_model, "--out", tmp_path / "q",
+    run_cli("finetune", "--task", "squad", "--data", tmp_path / "squad", "--model", tiny_model, "--out", tmp_path / "q",
         "--epochs", 1, "--max-seq-len", 64, "--doc-stride", 16, "--quiet")
     result = json.loads((tmp_path / "q" / "eval_results.json").read_text())
     assert 0 <= result["exact_match"] <= 100 and 0 <= result["f1"] <= 100
@@ -144,19 +127,19 @@ def test_bad_inputs(tiny_model, sst2, tmp_path):
     bad.mkdir()
     (bad / "train.tsv").write_text("sentence\tlabel\nfine\t1\ntoo\tmany\tfields\n")
     (bad / "dev.tsv").write_text("sentence\tlabel\nfine\t1\n")
-    one_line_error(run("finetune", "--task", "sst2", "--data", bad, "--model", tiny_model, "--out", tmp_path / "o1",
+    assert_one_line_error(run_cli("finetune", "--task", "sst2", "--data", bad, "--model", tiny_model, "--out", tmp_path / "o1",
                        check=False), "train.tsv", "line 3")
     unseen = tmp_path / "unseen"
     unseen.mkdir()
     (unseen / "train.csv").write_text("text,label\na,x\nb,y\n")
     (unseen / "dev.csv").write_text("text,label\nc,z\n")
-    one_line_error(run("finetune", "--task", "classify", "--data", unseen, "--model", tiny_model, "--out",
+    assert_one_line_error(run_cli("finetune", "--task", "classify", "--data", unseen, "--model", tiny_model, "--out",
                        tmp_path / "o2", check=False), "dev.csv", "'z'")
-    one_line_error(run("evaluate", "--task", "ner", "--dev", sst2 / "dev.tsv", "--model", tiny_model, check=False),
+    assert_one_line_error(run_cli("evaluate", "--task", "ner", "--dev", sst2 / "dev.tsv", "--model", tiny_model, check=False),
                    "BertForPreTraining", "BertForTokenClassification")
-    one_line_error(run("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", tmp_path / "o3",
+    assert_one_line_error(run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", tmp_path / "o3",
                        "--max-seq-len", 512, check=False), "--max-seq-len 512", "128 positions")
-    one_line_error(run("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", tmp_path / "o4",
+    assert_one_line_error(run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", tmp_path / "o4",
                        "--seeds", "1,1", check=False), "--seeds")
     for name in ("o1", "o2", "o3", "o4"):
         assert not (tmp_path / name).exists() or not os.listdir(tmp_path / name)

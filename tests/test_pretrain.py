@@ -10,16 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import assert_one_line_error, run_cli
+
 WORDS = ("the a model token layer attention head vector sentence word learns predicts hidden masked next "
          "random document corpus train step loss batch encoder text").split()
-
-
-def run(*args, check=True, env=None):
-    proc = subprocess.run([sys.executable, "-m", "bertkit", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +25,8 @@ def prepared(tmp_path_factory):
                       for _ in range(rng.randint(4, 12))) for _ in range(60)]
     corpus = root / "corpus.txt"
     corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
-    run("vocab", "--input", corpus, "--vocab-size", 200, "--out", root / "tok", "--quiet")
-    run("prepare", "--input", corpus, "--tokenizer", root / "tok", "--out", root / "data",
+    run_cli("vocab", "--input", corpus, "--vocab-size", 200, "--out", root / "tok", "--quiet")
+    run_cli("prepare", "--input", corpus, "--tokenizer", root / "tok", "--out", root / "data",
         "--validation-fraction", 0.1, "--quiet", "--workers", 1)
     return root
 
@@ -50,11 +44,11 @@ def losses(run_dir):
 
 
 def test_resume_is_bit_identical(prepared, tmp_path):
-    run(*pretrain_args(prepared, tmp_path / "straight"))
-    run(*pretrain_args(prepared, tmp_path / "resumed", "--stop-at", 5))
+    run_cli(*pretrain_args(prepared, tmp_path / "straight"))
+    run_cli(*pretrain_args(prepared, tmp_path / "resumed", "--stop-at", 5))
     assert not (tmp_path / "resumed" / "model").exists()  # stopped early: no final model yet
     assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["step-00000003", "step-00000005"]
-    run(*pretrain_args(prepared, tmp_path / "resumed", "--resume"))
+    run_cli(*pretrain_args(prepared, tmp_path / "resumed", "--resume"))
     a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -66,7 +60,7 @@ def test_resume_is_bit_identical(prepared, tmp_path):
 
 def test_final_model_loads_in_transformers(prepared, tmp_path):
     transformers = pytest.importorskip("transformers")
-    run(*pretrain_args(prepared, tmp_path / "run", "--steps", 2))
+    run_cli(*pretrain_args(prepared, tmp_path / "run", "--steps", 2))
     model, info = transformers.BertForPreTraining.from_pretrained(tmp_path / "run" / "model", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "run" / "model")
@@ -77,7 +71,7 @@ def test_final_model_loads_in_transformers(prepared, tmp_path):
 def test_two_process_ddp_equals_one_process_with_accumulation(prepared, tmp_path):
     common = pretrain_args(prepared, tmp_path / "x")[:-1]  # drop --quiet's position below
     single = [a if a != tmp_path / "x" else tmp_path / "single" for a in common] + ["--grad-accum", 2, "--quiet"]
-    run(*single)
+    run_cli(*single)
     ddp = [a if a != tmp_path / "x" else tmp_path / "ddp" for a in common] + ["--quiet", "--device", "cpu"]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                            str(29500 + os.getpid() % 1000), "-m", "bertkit", *map(str, ddp)],
@@ -89,37 +83,29 @@ def test_two_process_ddp_equals_one_process_with_accumulation(prepared, tmp_path
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, (step, a, b)
 
 
-def assert_untouched_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    for fragment in fragments:
-        assert str(fragment) in lines[0], (fragment, lines[0])
-
-
 def test_bad_inputs_exit_2_and_leave_out_untouched(prepared, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    assert_untouched_error(run("prepare", "--input", empty, "--tokenizer", prepared / "tok", "--out", tmp_path / "p1",
+    assert_one_line_error(run_cli("prepare", "--input", empty, "--tokenizer", prepared / "tok", "--out", tmp_path / "p1",
                                "--quiet", check=False), "empty.txt")
     latin = tmp_path / "latin.txt"
     latin.write_bytes("first line\nsecond caf\u00e9 line\n".encode("latin-1"))
-    assert_untouched_error(run("prepare", "--input", latin, "--tokenizer", prepared / "tok", "--out", tmp_path / "p2",
+    assert_one_line_error(run_cli("prepare", "--input", latin, "--tokenizer", prepared / "tok", "--out", tmp_path / "p2",
                                "--quiet", check=False), "latin.txt", "byte offset 21")
     assert not (tmp_path / "p2").exists()
-    run("prepare", "--input", latin, "--tokenizer", prepared / "tok", "--out", tmp_path / "p3", "--quiet",
+    run_cli("prepare", "--input", latin, "--tokenizer", prepared / "tok", "--out", tmp_path / "p3", "--quiet",
         "--skip-bad-lines", "--validation-fraction", 0)
     assert json.loads((tmp_path / "p3" / "manifest.json").read_text())["bad_lines"] == 1
     # --data that is not prepared data
-    assert_untouched_error(run("pretrain", "--data", prepared / "tok", "--out", tmp_path / "r1", "--quiet",
+    assert_one_line_error(run_cli("pretrain", "--data", prepared / "tok", "--out", tmp_path / "r1", "--quiet",
                                check=False), "tok")
     # an existing non-empty --out without --resume
-    assert_untouched_error(run(*pretrain_args(prepared, out), check=False), "not empty", "--resume")
+    assert_one_line_error(run_cli(*pretrain_args(prepared, out), check=False), "not empty", "--resume")
     # --seq-len beyond the model's positions
-    assert_untouched_error(run(*pretrain_args(prepared, tmp_path / "r2", "--seq-len", 1000), check=False),
+    assert_one_line_error(run_cli(*pretrain_args(prepared, tmp_path / "r2", "--seq-len", 1000), check=False),
                            "--seq-len 1000", "512 positions")
     assert not (tmp_path / "r2").exists()
     # a model whose vocabulary disagrees with the data's tokenizer
@@ -127,13 +113,13 @@ def test_bad_inputs_exit_2_and_leave_out_untouched(prepared, tmp_path):
     from bertkit.model import BertForPreTraining
 
     BertForPreTraining(preset("tiny", vocab_size=123)).save_pretrained(tmp_path / "other")
-    assert_untouched_error(run(*pretrain_args(prepared, tmp_path / "r3", "--init", tmp_path / "other"), check=False),
+    assert_one_line_error(run_cli(*pretrain_args(prepared, tmp_path / "r3", "--init", tmp_path / "other"), check=False),
                            "--init", "123")
     assert (out / "keep.txt").read_text() == "precious" and os.listdir(out) == ["keep.txt"]
 
 
 def test_demo_smoke(tmp_path):
-    proc = run("demo", "--out", tmp_path / "demo", "--steps", 4, "--quiet", "--corpus-bytes", 200_000)
+    proc = run_cli("demo", "--out", tmp_path / "demo", "--steps", 4, "--quiet", "--corpus-bytes", 200_000)
     assert "MLM accuracy" in proc.stdout and "NSP accuracy" in proc.stdout
     assert (tmp_path / "demo" / "run" / "model" / "model.safetensors").exists()
     assert (tmp_path / "demo" / "run" / "curves.png").exists()
@@ -146,11 +132,11 @@ def test_real_wikipedia_vocab_prepare_pretrain(tmp_path):
 
     corpus = shared_data("corpus", "enwiki-wikiextractor")
     files = [corpus / "wiki_00", corpus / "wiki_01"]
-    run("vocab", "--input", *files, "--format", "wikiextractor", "--vocab-size", 8000, "--out", tmp_path / "tok",
+    run_cli("vocab", "--input", *files, "--format", "wikiextractor", "--vocab-size", 8000, "--out", tmp_path / "tok",
         "--quiet")
     vocab = (tmp_path / "tok" / "vocab.txt").read_text().split("\n")
     assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    run("prepare", "--input", *files, "--format", "wikiextractor", "--tokenizer", tmp_path / "tok", "--out",
+    run_cli("prepare", "--input", *files, "--format", "wikiextractor", "--tokenizer", tmp_path / "tok", "--out",
         tmp_path / "data", "--workers", 2, "--validation-fraction", 0.02, "--quiet")
     splits = json.loads((tmp_path / "data" / "manifest.json").read_text())["splits"]
     # MANIFEST.md: wiki_00 has 620 non-empty documents, wiki_01 495
@@ -161,7 +147,7 @@ def test_real_wikipedia_vocab_prepare_pretrain(tmp_path):
 
     text = Tokenizer.from_pretrained(tmp_path / "tok").decode(PreparedCorpus([str(tmp_path / "data")]).tokens(0, 20000))
     assert "doc id" not in text and "< / doc >" not in text and "wikipedia. org" not in text  # tags dropped
-    run("pretrain", "--data", tmp_path / "data", "--out", tmp_path / "run", "--model-config", "tiny", "--steps", 3,
+    run_cli("pretrain", "--data", tmp_path / "data", "--out", tmp_path / "run", "--model-config", "tiny", "--steps", 3,
         "--batch-size", 8, "--seq-len", 128, "--log-every", 1, "--eval-every", 3, "--eval-samples", 16, "--quiet")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     fields = {"step", "loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "lr", "tokens_per_s", "grad_norm"}
