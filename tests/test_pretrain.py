@@ -155,3 +155,10 @@ def test_real_wikipedia_vocab_prepare_pretrain(tmp_path):
     assert all(fields <= r.keys() for r in rows if r.get("split") != "validation")
     held_out = [r for r in rows if r.get("split") == "validation"]
     assert len(held_out) == 1 and 0 <= held_out[0]["mlm_accuracy"] <= 1 and 0 <= held_out[0]["nsp_accuracy"] <= 1
+
+
+def test_mlm_only_with_whole_word_masking(prepared, tmp_path):
+    run_cli(*pretrain_args(prepared, tmp_path / "run", "--steps", 2, "--objective", "none", "--masking", "whole-word"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("split") != "validation"] == [1, 2]
+    assert all("mlm_accuracy" in r and "nsp_loss" not in r and r["loss"] == r["mlm_loss"] for r in rows)
