@@ -143,3 +143,20 @@ def test_bad_inputs(tiny_model, sst2, tmp_path):
                        "--seeds", "1,1", check=False), "--seeds")
     for name in ("o1", "o2", "o3", "o4"):
         assert not (tmp_path / name).exists() or not os.listdir(tmp_path / name)
+
+
+def test_squad2_tunes_and_keeps_the_null_threshold(tiny_model, tmp_path):
+    context = "The tower was built in 1889 by Gustave Eiffel for the world fair in Paris."
+    qas = [{"id": "a", "question": "When was it built?", "answers": [{"text": "1889", "answer_start": 23}]},
+           {"id": "b", "question": "Who painted it?", "answers": [], "is_impossible": True}]
+    data = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{"context": context, "qas": qas}]}]}
+    (tmp_path / "squad2").mkdir()
+    for name in ("train.json", "dev.json"):
+        (tmp_path / "squad2" / name).write_text(json.dumps(data))
+    run_cli("finetune", "--task", "squad2", "--data", tmp_path / "squad2", "--model", tiny_model, "--out",
+            tmp_path / "q", "--epochs", 1, "--max-seq-len", 64, "--quiet")
+    result = json.loads((tmp_path / "q" / "eval_results.json").read_text())
+    assert {"exact_match", "f1", "best_null_threshold", "best_f1"} <= result.keys()
+    assert result["best_f1"] >= 50.0  # answering "" to the impossible question alone scores 1 of 2
+    settings = json.loads((tmp_path / "q" / "bertkit_task.json").read_text())
+    assert settings["null_threshold"] == result["best_null_threshold"]

@@ -69,10 +69,15 @@ def embed(model, tokenizer, texts: Sequence[str], pooling: str = "mean", batch_s
 @torch.inference_mode()
 def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
     """The MLM head's top-k (token, probability) for each [MASK] in `text`, left to right."""
-    batch = tokenizer([text])
+    positions = model.config.max_position_embeddings
+    batch = tokenizer([text], max_length=positions + 1)
+    if batch["input_ids"].shape[1] > positions:
+        raise BertkitError(f"the text is longer than the model's {positions} positions",
+                           hint="shorten the text around the [MASK]")
     masks = (batch["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten()
     if masks.numel() == 0:
         raise BertkitError(f"no [MASK] in {text!r}", hint="write [MASK] where the model should fill in a word")
+    top_k = min(top_k, model.config.vocab_size)
     model.eval()
     device = next(model.parameters()).device
     logits = model(**{k: v.to(device) for k, v in batch.items()}).mlm_logits[0, masks]  # (masks, V)

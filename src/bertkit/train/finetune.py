@@ -185,11 +185,13 @@ def score(kind: str, task: str, examples, features, outputs, label_list, cfg: Fi
     if kind == "span":
         starts = [o[0][:len(f["input_ids"])] for o, f in zip(outputs, features)]
         ends = [o[1][:len(f["input_ids"])] for o, f in zip(outputs, features)]
-        answers, diffs = squad.postprocess(examples, features, starts, ends, null_threshold=cfg.null_threshold,
-                                           version_2=task == "squad2")
-        result = squad.evaluate(examples, answers, version_2=task == "squad2")
-        if task == "squad2":
-            threshold, best = squad.best_null_threshold(diffs, answers, examples)
+        spans, diffs = squad.postprocess(examples, features, starts, ends)  # the best non-null span of each
+        if task != "squad2":
+            return squad.evaluate(examples, spans, version_2=False), spans
+        answers = squad.apply_null_threshold(spans, diffs, cfg.null_threshold)
+        result = squad.evaluate(examples, answers, version_2=True)
+        if all(e.answers or e.is_impossible for e in examples):  # labeled: tune the threshold on these answers
+            threshold, best = squad.best_null_threshold(diffs, spans, examples)
             result.update(best_null_threshold=threshold, best_f1=best)
         return result, answers
     if kind == "tagging":
@@ -288,7 +290,8 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
         progress.write(f"seed {seed} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
         if cfg.keep == "last" or best is None or result[spec_metric] > best[spec_metric]:
             best = {**result, "epoch": epoch}
-            save_model_dir(model, tokenizer, out, cfg, data)
+            # squad2: predict later with the threshold that was best on dev
+            save_model_dir(model, tokenizer, out, cfg, data, result.get("best_null_threshold"))
         window_start = time.perf_counter()
     progress.close()
     best["train_samples_per_s"] = len(train_feats) * cfg.epochs / train_seconds if train_seconds else 0.0
@@ -296,13 +299,15 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
     return best
 
 
-def save_model_dir(model, tokenizer, out: str, cfg: FinetuneConfig, data: dict) -> None:
+def save_model_dir(model, tokenizer, out: str, cfg: FinetuneConfig, data: dict,
+                   best_null_threshold: float | None = None) -> None:
     """The model, its tokenizer and the task settings, written beside each other (each file atomically)."""
     model.save_pretrained(out)
     tokenizer.save_pretrained(out, model_max_length=model.config.max_position_embeddings)
     atomic_write_json(os.path.join(out, TASK_FILE), {
         "task": cfg.task, "kind": data["kind"], "labels": data["labels"], "max_seq_len": cfg.max_seq_len,
-        "doc_stride": cfg.doc_stride, "max_query_len": cfg.max_query_len, "null_threshold": cfg.null_threshold,
+        "doc_stride": cfg.doc_stride, "max_query_len": cfg.max_query_len,
+        "null_threshold": cfg.null_threshold if best_null_threshold is None else best_null_threshold,
         "text_column": cfg.text_column, "text_pair_column": cfg.text_pair_column, "label_column": cfg.label_column})
 
 
