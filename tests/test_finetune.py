@@ -108,6 +108,13 @@ def test_ner_and_squad_run(tiny_model, tmp_path):
     run_cli("finetune", "--task", "ner", "--data", tmp_path / "ner", "--model", tiny_model, "--out", tmp_path / "n",
         "--epochs", 1, "--quiet")
     assert {"precision", "recall", "f1"} <= json.loads((tmp_path / "n" / "eval_results.json").read_text()).keys()
+    (tmp_path / "words.txt").write_text("Anna\nlives\nin\nRome\n\nBob\nruns\n")  # unlabeled: tokens only
+    run_cli("predict", "--task", "ner", "--model", tmp_path / "n", "--input", tmp_path / "words.txt",
+            "--output", tmp_path / "tags.jsonl")
+    tagged = [json.loads(line) for line in (tmp_path / "tags.jsonl").read_text().splitlines()]
+    assert [t["words"] for t in tagged] == [["Anna", "lives", "in", "Rome"], ["Bob", "runs"]]
+    assert all(len(t["tags"]) == len(t["words"]) and set(t["tags"]) <= {"O", "B-PER", "I-PER", "B-LOC", "I-LOC"}
+               for t in tagged)
     context = "The tower was built in 1889 by Gustave Eiffel for the world fair in Paris."
     squad = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
         {"id": f"q{i}", "question": q, "answers": [{"text": a, "answer_start": context.index(a)}]}
@@ -120,6 +127,13 @@ def test_ner_and_squad_run(tiny_model, tmp_path):
         "--epochs", 1, "--max-seq-len", 64, "--doc-stride", 16, "--quiet")
     result = json.loads((tmp_path / "q" / "eval_results.json").read_text())
     assert 0 <= result["exact_match"] <= 100 and 0 <= result["f1"] <= 100
+    for qa in squad["data"][0]["paragraphs"][0]["qas"]:
+        qa["answers"] = []  # input to predict carries no answers
+    (tmp_path / "questions.json").write_text(json.dumps(squad))
+    run_cli("predict", "--task", "squad", "--model", tmp_path / "q", "--input", tmp_path / "questions.json",
+            "--output", tmp_path / "answers.jsonl")
+    answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert [a["id"] for a in answers] == ["q0", "q1", "q2"] and all(a["answer"] in context for a in answers)
 
 
 def test_bad_inputs(tiny_model, sst2, tmp_path):

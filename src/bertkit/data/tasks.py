@@ -312,10 +312,11 @@ def read_table(path: str, text_column: str = "text", text_pair_column: str | Non
 _TAG = re.compile(r"O|[BIES]-.+")  # IOB1, IOB2 and IOBES
 
 
-def read_conll(path: str) -> list[Example]:
+def read_conll(path: str, labeled: bool = True) -> list[Example]:
     """Sentences of a CoNLL column file: token in the first column, tag in the last.
 
     Each example has `words`, `label` (the tags) and `text_a` (the words joined by spaces).
+    Unlabeled input (labeled=False, for prediction) is one token per line; `label` is None.
     """
     examples = []
     words: list[str] = []
@@ -324,7 +325,7 @@ def read_conll(path: str) -> list[Example]:
 
     def end_sentence():
         if words:
-            examples.append(Example(text_a=" ".join(words), label=list(tags), words=list(words),
+            examples.append(Example(text_a=" ".join(words), label=list(tags) if labeled else None, words=list(words),
                                     guid=f"{path}:{first_line}"))
         words.clear()
         tags.clear()
@@ -333,6 +334,11 @@ def read_conll(path: str) -> list[Example]:
         fields = line.split()
         if not fields or fields[0] == "-DOCSTART-":
             end_sentence()
+            continue
+        if not labeled:
+            if not words:
+                first_line = number
+            words.append(fields[0])
             continue
         if len(fields) < 2:
             raise BertkitError(f"{path}: line {number}: expected a token and a tag, found {line.strip()!r}",
@@ -355,12 +361,14 @@ def read_conll(path: str) -> list[Example]:
 # SQuAD
 
 
-def read_squad(path: str, version_2: bool = False, training: bool = True) -> tuple[list[QAExample], int]:
+def read_squad(path: str, version_2: bool = False, training: bool = True,
+               labeled: bool = True) -> tuple[list[QAExample], int]:
     """Questions of an official SQuAD JSON file, and how many training questions were skipped.
 
     With training=True a question whose answer text is not found at its answer_start in the
     context is logged and skipped (its answer could not be located in tokens): the count is
     returned. Evaluation files keep every question, since only the answer texts are scored.
+    labeled=False (input to predict) accepts questions without answers.
     """
     try:
         data = json.loads(read_text(path))
@@ -370,7 +378,7 @@ def read_squad(path: str, version_2: bool = False, training: bool = True) -> tup
         raise BertkitError(f"{path}: no top-level \"data\" list",
                            hint="expected the official SQuAD format: {\"data\": [{\"paragraphs\": [...]}]}")
     try:
-        return _squad_examples(path, data["data"], version_2, training)
+        return _squad_examples(path, data["data"], version_2, training, labeled)
     except BertkitError:
         raise
     except (KeyError, TypeError, ValueError) as err:  # a missing field, a list where a dict belongs, ...
@@ -379,7 +387,8 @@ def read_squad(path: str, version_2: bool = False, training: bool = True) -> tup
                                 "a question and answers") from None
 
 
-def _squad_examples(path: str, articles: list, version_2: bool, training: bool) -> tuple[list[QAExample], int]:
+def _squad_examples(path: str, articles: list, version_2: bool, training: bool,
+                    labeled: bool = True) -> tuple[list[QAExample], int]:
     examples, skipped = [], 0
     for article in articles:
         for paragraph in article["paragraphs"]:
@@ -387,7 +396,7 @@ def _squad_examples(path: str, articles: list, version_2: bool, training: bool) 
             for qa in paragraph["qas"]:
                 is_impossible = bool(qa.get("is_impossible", False))
                 answers = [(a["text"], int(a["answer_start"])) for a in qa.get("answers", [])]
-                if not version_2 and (is_impossible or not answers):
+                if labeled and not version_2 and (is_impossible or not answers):
                     raise BertkitError(
                         f"{path}: question {qa['id']} has no answer, which SQuAD 1.1 does not allow",
                         hint="for SQuAD 2.0 files use the task squad2")

@@ -73,7 +73,7 @@ class FinetuneConfig:
 
 def _read(cfg: FinetuneConfig, path: str | None, labeled: bool = True, training: bool = False):
     """Examples of a file. Evaluation reads SQuAD as the official script does: every question kept."""
-    from bertkit.data.tasks import TASKS, read_choices, read_squad
+    from bertkit.data.tasks import TASKS, read_choices, read_conll, read_squad
 
     if not path:
         raise BertkitError("no evaluation data", hint="pass --data DIR or --dev FILE")
@@ -82,9 +82,11 @@ def _read(cfg: FinetuneConfig, path: str | None, labeled: bool = True, training:
         examples = spec.read(path, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
                              label_column=cfg.label_column, labeled=labeled)
     elif spec.kind == "span":
-        examples = read_squad(path, version_2=cfg.task == "squad2", training=training)[0]
+        examples = read_squad(path, version_2=cfg.task == "squad2", training=training, labeled=labeled)[0]
     elif spec.kind == "choice":
         examples = read_choices(path, labeled=labeled)
+    elif spec.kind == "tagging":
+        examples = read_conll(path, labeled=labeled)
     else:
         examples = spec.read(path)
     if not examples:
@@ -186,6 +188,8 @@ def score(kind: str, task: str, examples, features, outputs, label_list, cfg: Fi
         starts = [o[0][:len(f["input_ids"])] for o, f in zip(outputs, features)]
         ends = [o[1][:len(f["input_ids"])] for o, f in zip(outputs, features)]
         spans, diffs = squad.postprocess(examples, features, starts, ends)  # the best non-null span of each
+        if not any(e.answers or e.is_impossible for e in examples):  # unlabeled input: predictions only
+            return {}, squad.apply_null_threshold(spans, diffs, cfg.null_threshold) if task == "squad2" else spans
         if task != "squad2":
             return squad.evaluate(examples, spans, version_2=False), spans
         answers = squad.apply_null_threshold(spans, diffs, cfg.null_threshold)
@@ -196,6 +200,8 @@ def score(kind: str, task: str, examples, features, outputs, label_list, cfg: Fi
         return result, answers
     if kind == "tagging":
         predicted = [word_tags(f, np.argmax(o[:len(f["input_ids"])], -1), label_list) for f, o in zip(features, outputs)]
+        if examples[0].label is None:
+            return {}, predicted
         return metrics.entity_f1([e.label for e in examples], predicted), predicted
     if kind == "regression":
         preds = [float(o[0]) for o in outputs]
@@ -435,6 +441,8 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     _, predictions = score(spec.kind, cfg.task, _unlabel(examples), feats, outputs, labels, cfg)
     if spec.kind == "span":
         lines = [json.dumps({"id": e.id, "answer": predictions.get(e.id, "")}, ensure_ascii=False) for e in examples]
+    elif spec.kind == "tagging":
+        lines = [json.dumps({"words": e.words, "tags": tags}, ensure_ascii=False) for e, tags in zip(examples, predictions)]
     elif cfg.task in GLUE_TASKS:
         lines = ["index\tprediction"] + [f"{i}\t{p}" for i, p in enumerate(predictions)]
     else:
