@@ -47,16 +47,18 @@ def embed(model, tokenizer, texts: Sequence[str], pooling: str = "mean", batch_s
 
     if pooling not in POOLINGS:
         raise BertkitError(f"unknown pooling {pooling!r}", hint=f"use one of {', '.join(POOLINGS)}")
+    from bertkit.data.features import collate
+
     model.eval()
     device = next(model.parameters()).device
     max_length = min(max_length or model.config.max_position_embeddings, model.config.max_position_embeddings)
-    encoded = tokenizer.encode_batch(list(texts))
-    lengths = [min(len(ids) + 2, max_length) for ids in encoded]
+    encoded = tokenizer(list(texts), max_length=max_length, padding=False, return_tensors=None)  # tokenized once
+    features = [{"input_ids": ids, "token_type_ids": types}
+                for ids, types in zip(encoded["input_ids"], encoded["token_type_ids"])]
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    batches = list(length_grouped_batches(lengths, batch_size))
+    batches = list(length_grouped_batches([len(f["input_ids"]) for f in features], batch_size))
     for indices in tqdm(batches, desc="embed", unit="batch", disable=not show_progress):
-        batch = tokenizer([texts[i] for i in indices], max_length=max_length)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device) for k, v in collate([features[i] for i in indices], tokenizer.pad_token_id).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             hidden = model(**batch).last_hidden_state
         vectors = pool(hidden.float(), batch["attention_mask"], pooling)

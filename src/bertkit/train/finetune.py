@@ -123,6 +123,10 @@ def encode(kind: str, examples, tokenizer, cfg: FinetuneConfig, label_list, trai
     return F.encode_choices(examples, tokenizer, max_len)
 
 
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def check_length(cfg: FinetuneConfig, kind: str, positions: int) -> None:
     max_len = cfg.max_seq_len or (384 if kind == "span" else 128)
     if max_len > positions:
@@ -349,7 +353,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise BertkitError(f"{files['train']}: no usable training examples", hint="check the file's contents")
     data = dict(kind=spec.kind, metric=spec.metric, labels=label_list, train=train_feats,
                 dev_examples=dev_examples, dev=dev_feats)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     results = {}
     for seed in cfg.seeds:
         out = cfg.out if len(cfg.seeds) == 1 else os.path.join(cfg.out, f"seed-{seed}")
@@ -416,7 +420,7 @@ def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
     if kind in ("classification", "tagging"):
         check_labels(examples, labels, files["dev"], known_from="the model's labels")
     feats, _ = encode(kind, examples, tokenizer, cfg, labels, training=False)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model.to(device)
     result, _ = score(kind, cfg.task, examples, feats, predict_logits(model, feats, cfg, tokenizer.pad_token_id,
                                                                           device), labels, cfg)
@@ -435,7 +439,7 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     check_length(cfg, spec.kind, model.config.max_position_embeddings)
     examples = _read(cfg, input_path, labeled=False)
     feats, _ = encode(spec.kind, examples, tokenizer, cfg, labels, training=False)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model.to(device)
     outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, device)
     _, predictions = score(spec.kind, cfg.task, _unlabel(examples), feats, outputs, labels, cfg)
