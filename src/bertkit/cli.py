@@ -43,12 +43,10 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 def cmd_vocab(args: argparse.Namespace) -> None:
     from bertkit.data.corpus import expand_inputs, train_tokenizer
+    from bertkit.files import check_output_dir
 
     files = expand_inputs(args.input)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise BertkitError(f"--out {args.out}: exists and is not a directory", hint="choose another --out")
-    if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
-        raise BertkitError(f"--out {args.out}: directory exists and is not empty", hint="choose a new --out or pass --force")
+    check_output_dir(args.out, hint="choose a new --out or pass --force", reuse=args.force)
     tokenizer = train_tokenizer(files, args.vocab_size, args.format, lowercase=not args.cased,
                                 skip_bad_lines=args.skip_bad_lines, show_progress=not args.quiet)
     tokenizer.save_pretrained(args.out)
@@ -113,10 +111,10 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     from bertkit.checkpoint import load_model
+    from bertkit.files import check_output_dir
     from bertkit.tokenizer import Tokenizer
 
-    if os.path.isdir(args.out) and os.listdir(args.out):
-        raise BertkitError(f"{args.out}: directory exists and is not empty", hint="choose a new output directory")
+    check_output_dir(args.out, option="OUT", hint="choose a new output directory")
     model = load_model(args.model, allow_pickle=args.allow_pickle)
     model.save_pretrained(args.out)
     try:

@@ -19,7 +19,7 @@ from collections import Counter
 import torch
 
 from bertkit.errors import BertkitError
-from bertkit.files import atomic_write_text
+from bertkit.files import atomic_write_text, check_output_dir
 
 # Sentences about the corpus' subject, each with one word hidden; the expected word is in brackets.
 PROBES = [
@@ -86,8 +86,7 @@ def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 2500,
              model_config: str = "tiny", seq_len: int = 128, batch_size: int = 32, lr: float = 2e-3,
              precision: str = "bf16", seed: int = 0, corpus_bytes: int = 3_000_000,
              show_progress: bool = True) -> dict:
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise BertkitError(f"--out {out}: exists and is not an empty directory", hint="choose a new --out or delete it")
+    check_output_dir(out)
     try:
         return _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch_size, lr, precision, seed,
                          corpus_bytes, show_progress)

@@ -48,6 +48,16 @@ def atomic_write_json(path: str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def check_output_dir(path: str, option: str = "--out", hint: str = "choose a new --out or delete it",
+                     reuse: bool = False) -> None:
+    """Refuse an output directory that would overwrite something: a file at that path, or (unless
+    `reuse`, e.g. --resume or --force) a directory that is not empty. Called before any work is done."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise BertkitError(f"{option} {path}: exists and is not a directory", hint=f"choose another {option}")
+    if not reuse and os.path.isdir(path) and os.listdir(path):
+        raise BertkitError(f"{option} {path}: already exists and is not empty", hint=hint)
+
+
 def read_text(path: str) -> str:
     """A whole UTF-8 text file; invalid bytes are reported with their line and byte offset."""
     if not os.path.exists(path):

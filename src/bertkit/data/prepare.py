@@ -44,7 +44,7 @@ from tqdm import tqdm
 from bertkit import __version__
 from bertkit.data.corpus import FORMATS, expand_inputs, iter_paragraphs, split_sentences
 from bertkit.errors import BertkitError
-from bertkit.files import atomic_write_json, read_text
+from bertkit.files import atomic_write_json, check_output_dir, read_text
 from bertkit.tokenizer import Tokenizer
 
 KIND, VERSION, MANIFEST = "bertkit-prepared-data", 1, "manifest.json"
@@ -57,9 +57,7 @@ def prepare(inputs: list[str], tokenizer_dir: str, out_dir: str, fmt: str = "tex
             show_progress: bool = True) -> dict:
     """Tokenize the files named by `inputs` into `out_dir` (layout above); returns the manifest."""
     out_dir = os.path.normpath(out_dir)  # "out/" would otherwise put the temporary directory inside it
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise BertkitError(f"--out {out_dir} already exists and is not empty",
-                           hint="choose a new --out or delete it")
+    check_output_dir(out_dir)
     if fmt not in FORMATS:
         raise BertkitError(f"unknown --format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
     if not 0 <= validation_fraction < 1:

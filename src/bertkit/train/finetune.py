@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bertkit.errors import BertkitError
-from bertkit.files import atomic_write_json, atomic_write_text
+from bertkit.files import atomic_write_json, atomic_write_text, check_output_dir
 
 HEADS = {"classification": "BertForSequenceClassification", "regression": "BertForSequenceClassification",
          "tagging": "BertForTokenClassification", "span": "BertForQuestionAnswering",
@@ -331,9 +331,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise BertkitError("no training data", hint="pass --data DIR with a train file, or --train FILE")
     if cfg.keep not in ("best", "last"):
         raise BertkitError(f"--keep {cfg.keep!r}", hint="use best or last")
-    if os.path.isdir(cfg.out) and os.listdir(cfg.out) and not cfg.force:
-        raise BertkitError(f"--out {cfg.out}: directory exists and is not empty",
-                           hint="choose a new --out, or pass --force to overwrite")
+    check_output_dir(cfg.out, hint="choose a new --out, or pass --force to overwrite", reuse=cfg.force)
     spec = TASKS[cfg.task]
     tokenizer = Tokenizer.from_pretrained(cfg.model)
     train_examples = _read(cfg, files["train"], training=True)
@@ -466,6 +464,8 @@ def _unlabel(examples):
 
 
 def _with_settings(cfg: FinetuneConfig, settings: dict) -> FinetuneConfig:
-    keep = {k: v for k, v in settings.items() if k in {f.name for f in dataclasses.fields(FinetuneConfig)}
-            and k != "task" and getattr(cfg, k) == getattr(FinetuneConfig(task="", model="", out=""), k)}
+    """The saved task settings, for every option the user left at its default."""
+    defaults = FinetuneConfig(task="", model="", out="")
+    keep = {k: v for k, v in settings.items()
+            if k != "task" and hasattr(defaults, k) and getattr(cfg, k) == getattr(defaults, k)}
     return dataclasses.replace(cfg, **keep)

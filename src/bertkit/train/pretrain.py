@@ -27,7 +27,7 @@ import torch
 
 from bertkit.config import BertConfig, preset
 from bertkit.errors import BertkitError
-from bertkit.files import atomic_write_json, atomic_write_text
+from bertkit.files import atomic_write_json, atomic_write_text, check_output_dir
 from bertkit.model import BertForPreTraining
 from bertkit.train import distributed
 from bertkit.train.optim import build_optimizer, set_lr, warmup_linear
@@ -99,14 +99,6 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def _check_out_dir(cfg: PretrainConfig) -> None:
-    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
-        raise BertkitError(f"--out {cfg.out}: exists and is not a directory", hint="choose another --out")
-    if os.path.isdir(cfg.out) and os.listdir(cfg.out) and not cfg.resume:
-        raise BertkitError(f"--out {cfg.out}: directory exists and is not empty",
-                           hint="pass --resume to continue that run, or choose a new --out")
-
-
 def build(cfg: PretrainConfig, world_size: int = 1):
     """Everything the loop needs, validated before anything is written."""
     from bertkit.data.pretraining import PreparedCorpus, PretrainingDataset
@@ -120,7 +112,7 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "save_every"):
         if getattr(cfg, name) < 1:
             raise BertkitError(f"--{name.replace('_', '-')} must be at least 1", hint="pass a positive number")
-    _check_out_dir(cfg)
+    check_output_dir(cfg.out, hint="pass --resume to continue that run, or choose a new --out", reuse=cfg.resume)
     for d in cfg.data:
         load_manifest(d)
     tokenizer = Tokenizer.from_pretrained(os.path.join(cfg.data[0], "tokenizer"))
