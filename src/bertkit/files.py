@@ -45,7 +45,7 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def atomic_write_json(path: str, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=os.fspath) + "\n")  # paths as strings
 
 
 def check_output_dir(path: str, option: str = "--out", hint: str = "choose a new --out or delete it",
