@@ -1,5 +1,6 @@
 import os
 import pathlib
+import random
 
 import pytest
 import torch
@@ -48,3 +49,68 @@ def assert_one_line_error(proc, *fragments) -> None:
     assert len(lines) == 1, proc.stderr
     for fragment in fragments:
         assert str(fragment) in lines[0], (fragment, lines[0])
+
+
+# A tiny pre-training setup shared by the pre-training and reliability tests.
+
+WORDS = ("the a model token layer attention head vector sentence word learns predicts hidden masked next "
+         "random document corpus train step loss batch encoder text").split()
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """A made-up corpus of 60 documents, its vocabulary, and its prepared data."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    docs = ["\n".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 14))).capitalize() + "."
+                      for _ in range(rng.randint(4, 12))) for _ in range(60)]
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    run_cli("vocab", "--input", corpus, "--vocab-size", 200, "--out", root / "tok", "--quiet")
+    run_cli("prepare", "--input", corpus, "--tokenizer", root / "tok", "--out", root / "data",
+        "--validation-fraction", 0.1, "--quiet", "--workers", 1)
+    return root
+
+
+def pretrain_args(prepared, out, *extra):
+    return ["pretrain", "--data", prepared / "data", "--out", out, "--model-config", "tiny", "--steps", 8,
+            "--batch-size", 4, "--seq-len", 32, "--lr", 1e-3, "--log-every", 1, "--eval-every", 4,
+            "--eval-samples", 8, "--save-every", 3, "--quiet", *extra]
+
+
+# A tiny fine-tuning setup shared by the fine-tuning and reliability tests.
+
+POSITIVE = "good great fine lovely superb wonderful".split()
+NEGATIVE = "bad awful poor dull terrible boring".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny random BERT with the real uncased vocabulary and its tokenizer."""
+    from bertkit.config import preset
+    from bertkit.model import BertForPreTraining
+    from bertkit.tokenizer import Tokenizer
+
+    d = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    BertForPreTraining(preset("tiny", vocab_size=30522, max_position_embeddings=128)).save_pretrained(d)
+    Tokenizer.from_pretrained(minilm_path()).save_pretrained(d, model_max_length=128)
+    return d
+
+
+def sentiment_rows(n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        word = rng.choice(POSITIVE if label else NEGATIVE)
+        rows.append((f"the film was {word} and the cast was {word}", label))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def sst2(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sst2")
+    for split, n, seed in (("train", 48, 0), ("dev", 16, 1)):
+        (d / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sentiment_rows(n, seed)))
+    return d

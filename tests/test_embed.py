@@ -90,3 +90,71 @@ def test_embed_bad_input(tmp_path, content, message):
     assert message in proc.stderr and str(inp) in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert out.read_bytes() == b"keep me"
+
+
+def test_layers_concatenated_and_averaged_equal_the_manual_computation(sentences):
+    """--layers -1,-2,-3,-4 (the paper's feature-based setup): each chosen hidden state mean-pooled, in order."""
+    transformers = pytest.importorskip("transformers")
+    from bertkit.inference import embed, parse_layers
+    from bertkit.model import BertModel
+    from bertkit.tokenizer import Tokenizer
+
+    texts = sentences[:6]
+    ours = BertModel.from_pretrained(minilm_path())
+    tokenizer = Tokenizer.from_pretrained(minilm_path())
+    layers = parse_layers("-1,-2,-3,-4", ours.config.num_hidden_layers)
+    concat = embed(ours, tokenizer, texts, layers=layers, layer_merge="concat", batch_size=4)
+    mean = embed(ours, tokenizer, texts, layers=layers, layer_merge="mean", batch_size=4)
+    assert concat.shape == (6, 4 * 384) and mean.shape == (6, 384)
+
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    hf = transformers.BertModel.from_pretrained(minilm_path()).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = hf(**batch, output_hidden_states=True).hidden_states  # embeddings, then each of the 6 layers
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = [((states[i] * mask).sum(1) / mask.sum(1)).numpy() for i in (-1, -2, -3, -4)]
+    assert np.abs(concat - np.concatenate(pooled, axis=1)).max() < 1e-5
+    assert np.abs(mean - np.mean(pooled, axis=0)).max() < 1e-5
+    assert np.abs(concat[:, :384] - embed(ours, tokenizer, texts)).max() < 1e-6  # -1 alone is the default
+
+
+def test_pooling_none_gives_every_token_with_its_offsets(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import json
+
+    texts = ["Paris is lovely in spring.", "Zürich's tramways run on time!"]
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out = tmp_path / "tokens.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "bertkit", "embed", "--model", str(minilm_path()), "--input", str(inp),
+                           "--output", str(out), "--pooling", "none", "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    hf = transformers.BertModel.from_pretrained(minilm_path()).eval()
+    for text, row in zip(texts, rows):
+        assert row["text"] == text
+        assert row["tokens"] == tok.convert_ids_to_tokens(tok(text)["input_ids"])
+        assert row["tokens"][0] == "[CLS]" and row["offsets"][0] == [0, 0]
+        for token, (start, end) in zip(row["tokens"][1:-1], row["offsets"][1:-1]):
+            piece = token.removeprefix("##")
+            assert text[start:end].lower().replace("ü", "u") == piece, (token, text[start:end])
+        with torch.no_grad():
+            expected = hf(**tok(text, return_tensors="pt")).last_hidden_state[0].numpy()
+        assert np.abs(np.array(row["vectors"], dtype=np.float32) - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pooling", "none"], "which .npy cannot hold"),
+    (["--layers=-1,9"], "layer 9 does not exist; the model has 6 layers"),
+    (["--layers=last"], "expected comma-separated integers"),
+])
+def test_embed_bad_flags(tmp_path, flags, message):
+    inp = tmp_path / "in.txt"
+    inp.write_text("a line\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "bertkit", "embed", "--model", str(minilm_path()), "--input", str(inp),
+                           "--output", str(tmp_path / "out.npy"), *flags], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.npy").exists()

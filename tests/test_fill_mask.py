@@ -33,6 +33,25 @@ def test_expected_token_for_each_mask(rigged_model):
     for guesses in result["predictions"]:
         assert [g["token"] for g in guesses] == ["paris", "london"]
         assert guesses[0]["probability"] > 0.99
+    assert [w["word"] for w in result["words"]] == ["paris", "paris"]  # two separate masks, two words
+
+
+def test_adjacent_masks_are_joined_into_a_word(rigged_model):
+    out = run_cli("fill-mask", "--model", rigged_model, "we went to [MASK] [MASK] [MASK] today .")
+    (word,) = json.loads(out.stdout)["words"]
+    assert word["masks"] == [0, 1, 2] and word["word"] == "paris paris paris"
+    assert word["probability"] == pytest.approx(
+        float(torch.tensor([p[0]["probability"] for p in json.loads(out.stdout)["predictions"]]).prod()), rel=1e-4)
+
+
+@pytest.mark.parametrize("pieces, word", [
+    (["play", "##ing"], "playing"), (["new", "york"], "new york"), (["un", "##believ", "##able", "!"], "unbelievable !"),
+    (["##ing"], "##ing"),  # a lone continuation piece stays as the model gave it
+])
+def test_join_pieces(pieces, word):
+    from bertkit.inference import join_pieces
+
+    assert join_pieces(pieces) == word
 
 
 @pytest.mark.parametrize("text, message", [

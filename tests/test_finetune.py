@@ -8,43 +8,7 @@ import random
 import pytest
 import torch
 
-from conftest import assert_one_line_error, minilm_path, run_cli
-
-POSITIVE = "good great fine lovely superb wonderful".split()
-NEGATIVE = "bad awful poor dull terrible boring".split()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A tiny random BERT with the real uncased vocabulary and its tokenizer."""
-    from bertkit.config import preset
-    from bertkit.model import BertForPreTraining
-    from bertkit.tokenizer import Tokenizer
-
-    d = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    BertForPreTraining(preset("tiny", vocab_size=30522, max_position_embeddings=128)).save_pretrained(d)
-    Tokenizer.from_pretrained(minilm_path()).save_pretrained(d, model_max_length=128)
-    return d
-
-
-def sentiment_rows(n, seed):
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.randint(0, 1)
-        word = rng.choice(POSITIVE if label else NEGATIVE)
-        rows.append((f"the film was {word} and the cast was {word}", label))
-    return rows
-
-
-@pytest.fixture(scope="module")
-def sst2(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sst2")
-    for split, n, seed in (("train", 48, 0), ("dev", 16, 1)):
-        (d / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sentiment_rows(n, seed)))
-    return d
-
+from conftest import NEGATIVE, POSITIVE, assert_one_line_error, run_cli
 
 def test_sst2_finetune_evaluate_predict_and_transformers_parity(tiny_model, sst2, tmp_path):
     transformers = pytest.importorskip("transformers")
@@ -93,9 +57,11 @@ def test_regression_from_own_csv(tiny_model, tmp_path):
     for name in ("train", "dev"):
         (tmp_path / f"{name}.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
     run_cli("finetune", "--task", "regress", "--train", tmp_path / "train.csv", "--dev", tmp_path / "dev.csv",
-        "--model", tiny_model, "--out", tmp_path / "o", "--epochs", 1, "--quiet")
+        "--model", tiny_model, "--out", tmp_path / "o", "--epochs", 1, "--quiet", "--tensorboard", "--log-every", 1)
     result = json.loads((tmp_path / "o" / "eval_results.json").read_text())
     assert {"pearson", "spearmanr"} <= result.keys()
+    assert (tmp_path / "o" / "curves.png").stat().st_size > 0  # the run draws its curves at the end
+    assert list((tmp_path / "o" / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((tmp_path / "o" / "config.json").read_text())["id2label"] == {"0": "score"}
 
 

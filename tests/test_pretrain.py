@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import subprocess
 import sys
 
@@ -10,32 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_one_line_error, run_cli
-
-WORDS = ("the a model token layer attention head vector sentence word learns predicts hidden masked next "
-         "random document corpus train step loss batch encoder text").split()
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """A made-up corpus of 60 documents, its vocabulary, and its prepared data."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(0)
-    docs = ["\n".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 14))).capitalize() + "."
-                      for _ in range(rng.randint(4, 12))) for _ in range(60)]
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
-    run_cli("vocab", "--input", corpus, "--vocab-size", 200, "--out", root / "tok", "--quiet")
-    run_cli("prepare", "--input", corpus, "--tokenizer", root / "tok", "--out", root / "data",
-        "--validation-fraction", 0.1, "--quiet", "--workers", 1)
-    return root
-
-
-def pretrain_args(prepared, out, *extra):
-    return ["pretrain", "--data", prepared / "data", "--out", out, "--model-config", "tiny", "--steps", 8,
-            "--batch-size", 4, "--seq-len", 32, "--lr", 1e-3, "--log-every", 1, "--eval-every", 4,
-            "--eval-samples", 8, "--save-every", 3, "--quiet", *extra]
-
+from conftest import assert_one_line_error, pretrain_args, run_cli
 
 def losses(run_dir):
     with open(run_dir / "metrics.jsonl") as f:

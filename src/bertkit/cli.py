@@ -15,30 +15,51 @@ from bertkit.errors import BertkitError
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    import json
+
     import numpy as np
 
     from bertkit.checkpoint import load_model
-    from bertkit.files import atomic_write, read_lines
-    from bertkit.inference import embed
+    from bertkit.files import atomic_write, atomic_write_text, read_lines
+    from bertkit.inference import embed, parse_layers, token_vectors
     from bertkit.model import BertModel
     from bertkit.tokenizer import Tokenizer
 
-    if not args.output.endswith(".npy"):
-        raise BertkitError(f"--output {args.output}: must end in .npy", hint="e.g. --output embeddings.npy")
+    jsonl = args.output.endswith(".jsonl")
+    if not (jsonl or args.output.endswith(".npy")):
+        raise BertkitError(f"--output {args.output}: must end in .npy or .jsonl",
+                           hint="e.g. --output embeddings.npy (pooled vectors) or tokens.jsonl")
+    if args.pooling == "none" and not jsonl:
+        raise BertkitError("--pooling none gives a different number of vectors per text, which .npy cannot hold",
+                           hint="write them as JSON Lines: --output tokens.jsonl")
     texts = read_lines(args.input, skip_empty=False)  # row i of the output is line i of the input
     model = load_model(args.model)
     encoder = model if isinstance(model, BertModel) else model.bert
     tokenizer = Tokenizer.from_pretrained(args.model)
-    vectors = embed(encoder, tokenizer, texts, pooling=args.pooling, batch_size=args.batch_size,
-                    normalize=args.normalize, max_length=args.max_seq_len, precision=args.precision,
-                    show_progress=not args.quiet)
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.save(f, vectors)
+    options = dict(batch_size=args.batch_size, normalize=args.normalize, max_length=args.max_seq_len,
+                   precision=args.precision, show_progress=not args.quiet,
+                   layers=parse_layers(args.layers, encoder.config.num_hidden_layers), layer_merge=args.layer_merge)
+    if args.pooling == "none":
+        rows = token_vectors(encoder, tokenizer, texts, **options)
+        atomic_write_text(args.output, "".join(json.dumps(
+            {"text": text, "tokens": r["tokens"], "offsets": r["offsets"], "vectors": r["vectors"].tolist()},
+            ensure_ascii=False) + "\n" for text, r in zip(texts, rows)))
+        width = rows[0]["vectors"].shape[1]
+    else:
+        vectors = embed(encoder, tokenizer, texts, pooling=args.pooling, **options)
+        width = vectors.shape[1]
+        if jsonl:
+            atomic_write_text(args.output, "".join(json.dumps({"text": text, "embedding": v.tolist()},
+                                                              ensure_ascii=False) + "\n"
+                                                   for text, v in zip(texts, vectors)))
+        else:
+            def write(tmp):
+                with open(tmp, "wb") as f:
+                    np.save(f, vectors)
 
-    atomic_write(args.output, write)
-    print(f"wrote {args.output}: {vectors.shape[0]} texts x {vectors.shape[1]} dims ({args.pooling} pooling)",
-          file=sys.stderr)
+            atomic_write(args.output, write)
+    print(f"wrote {args.output}: {len(texts)} texts x {width} dims ({args.pooling} pooling, layers {args.layers}"
+          f"{', ' + args.layer_merge if ',' in args.layers else ''})", file=sys.stderr)
 
 
 def cmd_vocab(args: argparse.Namespace) -> None:
@@ -78,6 +99,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         max_predictions=args.max_predictions, precision=args.precision, seed=args.seed, log_every=args.log_every,
         eval_every=args.eval_every, eval_samples=args.eval_samples, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, compile=args.compile, device=args.device,
+        tensorboard=args.tensorboard,
         dropout=args.dropout, stop_at=args.stop_at, max_minutes=args.max_minutes,
         show_progress=not args.quiet)
     pretrain(cfg)
@@ -94,7 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_fill_mask(args: argparse.Namespace) -> None:
     import json
 
-    from bertkit.inference import fill_mask
+    from bertkit.inference import fill_mask, mask_words
     from bertkit.model import BertForMaskedLM
     from bertkit.tokenizer import Tokenizer
 
@@ -104,9 +126,27 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
                            "missing)", hint="use a pre-trained (BertForPreTraining / BertForMaskedLM) directory")
     tokenizer = Tokenizer.from_pretrained(args.model)
     for text in args.text:
+        predictions = fill_mask(model, tokenizer, text, args.top_k)
         print(json.dumps({"text": text, "predictions": [
-            [{"token": token, "probability": round(p, 6)} for token, p in masks]
-            for masks in fill_mask(model, tokenizer, text, args.top_k)]}, ensure_ascii=False))
+            [{"token": token, "probability": round(p, 6)} for token, p in masks] for masks in predictions],
+            "words": mask_words(tokenizer, text, predictions)}, ensure_ascii=False))
+
+
+def cmd_attention(args: argparse.Namespace) -> None:
+    from bertkit.attention import attention_maps, draw_png, write_html
+    from bertkit.checkpoint import load_model
+    from bertkit.model import BertModel
+    from bertkit.tokenizer import Tokenizer
+
+    if not args.out.endswith((".png", ".html")):
+        raise BertkitError(f"--out {args.out}: must end in .png or .html", hint="e.g. --out attention.png")
+    model = load_model(args.model)
+    encoder = model if isinstance(model, BertModel) else model.bert
+    tokens, probs = attention_maps(encoder, Tokenizer.from_pretrained(args.model), args.text, args.pair)
+    draw = draw_png if args.out.endswith(".png") else write_html
+    drawn = draw(tokens, probs, args.out, layer=args.layer, head=args.head)
+    print(f"wrote {args.out}: {drawn['layers']} layers x {drawn['heads']} heads over {drawn['tokens']} tokens",
+          file=sys.stderr)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -156,6 +196,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from bertkit.train.finetune import finetune
 
     summary = finetune(_finetune_config(args))
+    if "stopped" in summary:
+        return
     shown = {k: v for k, v in summary.items() if isinstance(v, dict) and "mean" in v}
     print(", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in shown.items()))
 
@@ -171,12 +213,60 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from bertkit.files import read_text
-    from bertkit.train.finetune import predict_file
 
     if not read_text(args.input).strip():
         raise BertkitError(f"{args.input}: file is empty", hint="give the examples to predict")
-    n = predict_file(_finetune_config(args), args.input, args.output)
+    if args.task:  # the task's own file format in, the benchmark's submission format out
+        from bertkit.train.finetune import predict_file
+
+        n = predict_file(_finetune_config(args), args.input, args.output)
+    else:
+        n = predict_with_pipeline(args)
     print(f"wrote {args.output}: {n} predictions", file=sys.stderr)
+
+
+PIPELINE_FIELDS = {"classify": ("text",), "tag": ("text",), "answer": ("question", "context"),
+                   "choose": ("context", "endings")}
+
+
+def predict_with_pipeline(args: argparse.Namespace) -> int:
+    """JSONL (or, to classify and tag, one text per line) in; the input records with their predictions out."""
+    import json
+
+    from bertkit.files import atomic_write_text, json_object, read_lines
+    from bertkit.pipelines import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, precision=args.precision, batch_size=args.eval_batch_size)
+    task, needed = pipe.task, PIPELINE_FIELDS[pipe.task]
+    lines = read_lines(args.input, skip_empty=False)
+    if args.input.endswith((".jsonl", ".json")):
+        records = [json_object(args.input, n, line) for n, line in enumerate(lines, 1) if line.strip()]
+        for n, record in enumerate(records, 1):
+            for name in needed:
+                if name not in record:
+                    raise BertkitError(f"{args.input}: record {n} has no {name!r} field",
+                                       hint=f"{task} reads {', '.join(needed)} from each JSON line")
+    elif task in ("classify", "tag"):
+        records = [{"text": line} for line in lines]
+    else:
+        raise BertkitError(f"{args.input}: {task} needs JSON Lines input ({', '.join(needed)} on each line)",
+                           hint="name the file .jsonl")
+    if task == "classify":
+        pairs = [r.get("text_pair") for r in records]
+        has_pairs = any(p is not None for p in pairs)
+        if has_pairs and not all(p is not None for p in pairs):
+            raise BertkitError(f"{args.input}: some records have a text_pair and some do not",
+                               hint="predict single texts and pairs in separate files")
+        results = pipe.classify([r["text"] for r in records], pairs if has_pairs else None)
+    elif task == "tag":
+        results = pipe.tag([r["text"] for r in records])
+    elif task == "answer":
+        results = pipe.answer([(r["question"], r["context"]) for r in records])
+    else:
+        results = pipe.choose([(r["context"], r["endings"]) for r in records])
+    atomic_write_text(args.output, "".join(json.dumps({**r, **result}, ensure_ascii=False) + "\n"
+                                           for r, result in zip(records, results)))
+    return len(records)
 
 
 def positive_int(text: str) -> int:
@@ -201,9 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="sentence embeddings of one text per line, as a .npy array")
     p.add_argument("--model", required=True, help="model directory (HuggingFace format, with tokenizer)")
     p.add_argument("--input", required=True, help="UTF-8 text file, one text per line")
-    p.add_argument("--output", required=True, help="output .npy file: float32 (n_texts, hidden)")
-    p.add_argument("--pooling", choices=["mean", "cls", "max"], default="mean",
-                   help="mean over non-padding tokens (sentence-transformers' default), the [CLS] vector, or max")
+    p.add_argument("--output", required=True,
+                   help="output .npy (float32, n_texts x dims) or .jsonl (one object per text; needed for --pooling none)")
+    p.add_argument("--pooling", choices=["mean", "cls", "max", "none"], default="mean",
+                   help="mean over non-padding tokens (sentence-transformers' default), the [CLS] vector, max, "
+                        "or none: every token's vector with its character offsets")
+    p.add_argument("--layers", default="-1",
+                   help="hidden states to use, comma-separated: -1 the last layer, -2 the one before, ..., 0 the "
+                        "embeddings (e.g. -1,-2,-3,-4 as in the paper's feature-based NER)")
+    p.add_argument("--layer-merge", choices=["concat", "mean"], default="concat",
+                   help="how several --layers combine: concatenated (in the order given) or averaged")
     p.add_argument("--normalize", action="store_true", help="scale each vector to unit length")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--max-seq-len", type=positive_int, default=None,
@@ -259,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", type=positive_int, default=2)
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--dropout", type=float, default=None, help="override the model's dropout probabilities")
     p.add_argument("--max-minutes", type=float, default=None,
@@ -290,9 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=positive_int, default=5)
     p.set_defaults(func=cmd_fill_mask)
 
-    def task_data(p, train: bool):
-        p.add_argument("--task", required=True, help="cola sst2 mrpc stsb qqp mnli qnli rte wnli classify regress "
-                                                     "ner squad squad2 multiple-choice")
+    def task_data(p, train: bool, task_required: bool = True):
+        p.add_argument("--task", required=task_required,
+                       help="cola sst2 mrpc stsb qqp mnli qnli rte wnli classify regress ner squad squad2 multiple-choice")
         p.add_argument("--data", help="directory with the task's usual file names (train.tsv, dev.tsv, ...)")
         if train:
             p.add_argument("--train", help="training file")
@@ -322,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-query-len", type=positive_int, default=64)
     p.add_argument("--max-train-examples", type=positive_int, help="train on the first N examples (a quick run)")
     p.add_argument("--log-every", type=positive_int, default=50)
+    p.add_argument("--save-every", type=int, default=500,
+                   help="steps between checkpoints in OUT/checkpoints (one is also written at each epoch end)")
+    p.add_argument("--keep-checkpoints", type=positive_int, default=1)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its newest complete checkpoint")
+    p.add_argument("--max-bad-steps", type=positive_int, default=10,
+                   help="stop after this many consecutive steps with a non-finite loss or gradient")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_finetune)
@@ -332,12 +438,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="results file (default MODEL/eval_results.json)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="predictions for unlabeled input (GLUE: submission TSV; others: JSONL)")
-    task_data(p, train=False)
+    p = sub.add_parser("predict", help="predictions for unlabeled input: with --task, the task's file format in "
+                                       "(GLUE: submission TSV out); without, JSONL in and out, by the model's head")
+    task_data(p, train=False, task_required=False)
     p.add_argument("--model", required=True, help="fine-tuned model directory")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("attention", help="attention weights of every layer and head as a PNG or HTML heatmap")
+    p.add_argument("--model", required=True)
+    p.add_argument("text")
+    p.add_argument("--pair", help="a second text: [CLS] text [SEP] pair [SEP]")
+    p.add_argument("--out", required=True, help="FILE.png (grid + one head enlarged) or FILE.html (pick layer/head)")
+    p.add_argument("--layer", type=int, default=-1, help="the layer shown enlarged (default: the last)")
+    p.add_argument("--head", type=int, default=0, help="the head shown enlarged")
+    p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("convert", help="re-save a model directory as safetensors (e.g. from pytorch_model.bin)")
     p.add_argument("model", help="HuggingFace BERT directory")

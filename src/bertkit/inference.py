@@ -25,6 +25,36 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int) -> Iterator[
         yield order[start:start + batch_size]
 
 
+def feature_length(feature: dict) -> int:
+    """Tokens in a feature: its sequence, or for multiple choice its longest choice."""
+    ids = feature["input_ids"]
+    return max(len(row) for row in ids) if ids and isinstance(ids[0], list) else len(ids)
+
+
+@torch.inference_mode()
+def run_features(model, features: Sequence[dict], pad_token_id: int, batch_size: int = 128,
+                 precision: str = "fp32") -> list:
+    """A task model's outputs for each feature, in feature order, batched by length: logit rows
+    (numpy), or (start, end) logit rows for span QA. The model is left in eval mode."""
+    from bertkit.data.features import collate
+
+    model.eval()
+    device = next(model.parameters()).device
+    out: list = [None] * len(features)
+    for indices in length_grouped_batches([feature_length(f) for f in features], batch_size):
+        batch = collate([features[i] for i in indices], pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            result = model(**batch)
+        if result.logits is not None:
+            rows = list(result.logits.float().cpu().numpy())
+        else:
+            rows = list(zip(result.start_logits.float().cpu().numpy(), result.end_logits.float().cpu().numpy()))
+        for i, row in zip(indices, rows):
+            out[i] = row
+    return out
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """(B, T, H) token vectors -> (B, H). Mean and max run over the non-padding tokens only,
     as sentence-transformers does."""
@@ -38,33 +68,103 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     raise BertkitError(f"unknown pooling {pooling!r}", hint=f"use one of {', '.join(POOLINGS)}")
 
 
+def parse_layers(text: str, n_layers: int) -> list[int]:
+    """"-1,-2,-3,-4" -> layer indices of the hidden states (0 = embeddings, n_layers = the last layer)."""
+    try:
+        layers = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        layers = []
+    if not layers:
+        raise BertkitError(f"--layers {text!r}: expected comma-separated integers", hint="e.g. --layers -1,-2,-3,-4")
+    for layer in layers:
+        if not -(n_layers + 1) <= layer <= n_layers:
+            raise BertkitError(f"--layers {text!r}: layer {layer} does not exist; the model has {n_layers} layers",
+                               hint=f"use -1 (the last) to -{n_layers + 1} (the embeddings), or 0 to {n_layers}")
+    return layers
+
+
+def _encode(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[dict], int]:
+    """Features of texts, tokenized once, cut to max_length (the count of cut texts returned)."""
+    encoded = tokenizer(list(texts), truncation=False, padding=False, return_offsets=True, return_tensors=None)
+    features, cut = [], 0
+    for ids, types, offsets in zip(encoded["input_ids"], encoded["token_type_ids"], encoded["offset_mapping"]):
+        if len(ids) > max_length:
+            cut += 1
+            ids, types, offsets = ids[:max_length - 1] + [tokenizer.sep_token_id], types[:max_length], \
+                offsets[:max_length - 1] + [(0, 0)]
+        features.append({"input_ids": ids, "token_type_ids": types, "offsets": offsets})
+    return features, cut
+
+
 @torch.inference_mode()
-def embed(model, tokenizer, texts: Sequence[str], pooling: str = "mean", batch_size: int = 64,
-          normalize: bool = False, max_length: int | None = None, precision: str = "fp32",
-          show_progress: bool = False) -> np.ndarray:
-    """One float32 vector per text: (len(texts), hidden)."""
+def encode_layers(model, tokenizer, texts: Sequence[str], layers: Sequence[int] = (-1,), layer_merge: str = "concat",
+                  batch_size: int = 64, max_length: int | None = None, precision: str = "fp32",
+                  show_progress: bool = False) -> Iterator[tuple[list[int], list[dict], torch.Tensor, torch.Tensor]]:
+    """Per length-grouped batch: (input indices, their features, token vectors (B, T, H or H * len(layers)),
+    attention mask (B, T)). Token vectors are the chosen layers' hidden states (0 = the embeddings,
+    -1 = the last layer), concatenated in the order given or averaged, in float32."""
+    import logging
+
     from tqdm.auto import tqdm
 
-    if pooling not in POOLINGS:
-        raise BertkitError(f"unknown pooling {pooling!r}", hint=f"use one of {', '.join(POOLINGS)}")
     from bertkit.data.features import collate
 
+    if layer_merge not in ("concat", "mean"):
+        raise BertkitError(f"unknown layer merge {layer_merge!r}", hint="use concat or mean")
     model.eval()
     device = next(model.parameters()).device
-    max_length = min(max_length or model.config.max_position_embeddings, model.config.max_position_embeddings)
-    encoded = tokenizer(list(texts), max_length=max_length, padding=False, return_tensors=None)  # tokenized once
-    features = [{"input_ids": ids, "token_type_ids": types}
-                for ids, types in zip(encoded["input_ids"], encoded["token_type_ids"])]
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    positions = model.config.max_position_embeddings
+    max_length = min(max_length or positions, positions)
+    features, cut = _encode(tokenizer, texts, max_length)
+    if cut:
+        logging.getLogger("bertkit").warning(
+            f"note: {cut} of {len(texts)} texts were longer than {max_length} tokens and were truncated")
+    only_last = list(layers) == [-1]
     batches = list(length_grouped_batches([len(f["input_ids"]) for f in features], batch_size))
     for indices in tqdm(batches, desc="embed", unit="batch", disable=not show_progress):
-        batch = {k: v.to(device) for k, v in collate([features[i] for i in indices], tokenizer.pad_token_id).items()}
+        chosen = [features[i] for i in indices]
+        batch = {k: v.to(device) for k, v in collate(chosen, tokenizer.pad_token_id).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            hidden = model(**batch).last_hidden_state
-        vectors = pool(hidden.float(), batch["attention_mask"], pooling)
+            out = model(**batch, output_hidden_states=not only_last)
+        if only_last:
+            vectors = out.last_hidden_state.float()
+        else:
+            picked = [out.hidden_states[layer].float() for layer in layers]
+            vectors = torch.cat(picked, -1) if layer_merge == "concat" else torch.stack(picked).mean(0)
+        yield indices, chosen, vectors, batch["attention_mask"]
+
+
+def embed(model, tokenizer, texts: Sequence[str], pooling: str = "mean", batch_size: int = 64,
+          normalize: bool = False, max_length: int | None = None, precision: str = "fp32",
+          show_progress: bool = False, layers: Sequence[int] = (-1,), layer_merge: str = "concat") -> np.ndarray:
+    """One float32 vector per text: (len(texts), hidden * (len(layers) if concatenated else 1))."""
+    if pooling not in POOLINGS:
+        raise BertkitError(f"unknown pooling {pooling!r}", hint=f"use one of {', '.join(POOLINGS)}")
+    width = model.config.hidden_size * (len(layers) if layer_merge == "concat" else 1)
+    out = np.zeros((len(texts), width), dtype=np.float32)
+    for indices, _, hidden, mask in encode_layers(model, tokenizer, texts, layers, layer_merge, batch_size,
+                                                  max_length, precision, show_progress):
+        vectors = pool(hidden, mask, pooling)
         if normalize:
             vectors = F.normalize(vectors, dim=-1)
         out[indices] = vectors.cpu().numpy()
+    return out
+
+
+def token_vectors(model, tokenizer, texts: Sequence[str], batch_size: int = 64, normalize: bool = False,
+                  max_length: int | None = None, precision: str = "fp32", show_progress: bool = False,
+                  layers: Sequence[int] = (-1,), layer_merge: str = "concat") -> list[dict]:
+    """Per text, every token's vector (pooling "none"): {"tokens", "offsets" (character spans in the
+    text, [0, 0] for [CLS]/[SEP]), "vectors" (float32 array, tokens x width)}."""
+    out: list = [None] * len(texts)
+    for indices, features, hidden, _ in encode_layers(model, tokenizer, texts, layers, layer_merge, batch_size,
+                                                      max_length, precision, show_progress):
+        if normalize:
+            hidden = F.normalize(hidden, dim=-1)
+        for row, i, feature in zip(hidden.cpu().numpy(), indices, features):
+            n = len(feature["input_ids"])
+            out[i] = {"tokens": tokenizer.convert_ids_to_tokens(feature["input_ids"]),
+                      "offsets": [list(o) for o in feature["offsets"]], "vectors": row[:n]}
     return out
 
 
@@ -86,3 +186,31 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[st
     probs, ids = logits.float().softmax(-1).topk(top_k, dim=-1)
     return [[(tokenizer.convert_ids_to_tokens(int(i)), float(p)) for p, i in zip(ps, is_)]
             for ps, is_ in zip(probs, ids)]
+
+
+def join_pieces(pieces: Sequence[str]) -> str:
+    """WordPiece tokens back into text: "play", "##ing" -> "playing"; "new", "york" -> "new york"."""
+    text = ""
+    for piece in pieces:
+        text += piece[2:] if piece.startswith("##") and text else (" " + piece if text else piece)
+    return text
+
+
+def mask_words(tokenizer, text: str, predictions: list[list[tuple[str, float]]]) -> list[dict]:
+    """Runs of adjacent [MASK]s (a word or phrase spanning several pieces): the top guess of each mask,
+    joined ("play" + "##ing" -> "playing"), and the product of their probabilities. `predictions` is
+    fill_mask's result for `text`."""
+    ids = tokenizer([text], return_tensors=None)["input_ids"][0]
+    positions = [i for i, token_id in enumerate(ids) if token_id == tokenizer.mask_token_id]
+    runs: list[list[int]] = []
+    for k, position in enumerate(positions):
+        if runs and positions[runs[-1][-1]] == position - 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    words = []
+    for run in runs:
+        pieces = [predictions[k][0][0] for k in run]
+        probability = float(np.prod([predictions[k][0][1] for k in run]))
+        words.append({"masks": run, "word": join_pieces(pieces), "pieces": pieces, "probability": probability})
+    return words

@@ -12,7 +12,9 @@ from bertkit.errors import BertkitError
 from bertkit.files import atomic_write
 
 PANELS = [("loss", "loss"), ("mlm_accuracy", "MLM accuracy"), ("nsp_accuracy", "NSP accuracy"),
-          ("lr", "learning rate"), ("tokens_per_s", "tokens / s")]
+          ("lr", "learning rate"), ("tokens_per_s", "tokens / s"), ("samples_per_s", "samples / s")]
+HELD_OUT = ("validation", "dev")  # pre-training's held-out split, fine-tuning's dev set
+NOT_METRICS = ("step", "epoch", "split", "loss", "lr")
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -39,15 +41,23 @@ def plot_runs(run_dirs: list[str], out: str) -> str:
 
     runs = {d: read_metrics(d) for d in run_dirs}
     panels = [(k, title) for k, title in PANELS if any(k in r for rows in runs.values() for r in rows)]
+    # fine-tuning: each dev metric (accuracy, f1, exact_match, ...) gets a panel of its own
+    dev_metrics = {k for rows in runs.values() for r in rows if r.get("split") == "dev" for k, v in r.items()
+                   if k not in NOT_METRICS and isinstance(v, (int, float))}
+    panels += [(k, f"dev {k}") for k in sorted(dev_metrics) if k not in dict(panels)]
     if not panels:
         raise BertkitError(f"{', '.join(run_dirs)}: no metrics to plot", hint="the run has not logged a step yet")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.3), squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels):
+    columns = min(len(panels), 4)
+    rows_n = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows_n, columns, figsize=(4 * columns, 3.3 * rows_n), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (key, title) in zip(axes.flat, panels):
         for i, (run, rows) in enumerate(runs.items()):
             color = f"C{i}"
             label = os.path.basename(os.path.normpath(run))
-            train = [(r["step"], r[key]) for r in rows if key in r and r.get("split") != "validation"]
-            held = [(r["step"], r[key]) for r in rows if key in r and r.get("split") == "validation"]
+            train = [(r["step"], r[key]) for r in rows if r.get(key) is not None and r.get("split") not in HELD_OUT]
+            held = [(r["step"], r[key]) for r in rows if r.get(key) is not None and r.get("split") in HELD_OUT]
             if train:
                 ax.plot(*zip(*train), color=color, label=f"{label} (train)", linewidth=1.2)
             if held:
@@ -57,6 +67,7 @@ def plot_runs(run_dirs: list[str], out: str) -> str:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    description = json.dumps({"panels": [title for _, title in panels], "runs": len(runs)})  # for tests and tools
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Description": description}))
     plt.close(fig)
     return out

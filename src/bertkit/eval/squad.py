@@ -131,45 +131,60 @@ def _top(logits: Sequence[float], n: int) -> list[int]:
     return sorted(range(len(logits)), key=lambda i: logits[i], reverse=True)[:n]
 
 
-def postprocess(examples: Sequence[QAExample], features: Sequence[dict],
-                start_logits: Sequence[Sequence[float]], end_logits: Sequence[Sequence[float]],
-                n_best: int = 20, max_answer_len: int = 30, null_threshold: float = 0.0,
-                version_2: bool = False) -> tuple[dict[str, str], dict[str, float]]:
-    """Answer texts from per-feature start/end logits (features as made by encode_squad).
+def best_spans(examples: Sequence[QAExample], features: Sequence[dict],
+               start_logits: Sequence[Sequence[float]], end_logits: Sequence[Sequence[float]],
+               n_best: int = 20, max_answer_len: int = 30) -> list[dict]:
+    """The best answer span of each example over all its features (features as made by encode_squad).
 
-    For each example, over all its features: the n_best highest start and end positions are
-    paired; pairs outside the context, ending before they start or longer than max_answer_len
-    tokens are skipped; the best start + end score wins, and its text is
-    context[offsets[start][0]:offsets[end][1]]. The null score is start[0] + end[0] at [CLS]
-    (the lowest over the example's features). Returns the answers and, per id, null score minus
-    the best span's score; with version_2 an answer becomes "" when that difference exceeds
-    null_threshold. Logit rows may be padded past a feature's length: padding is never chosen.
+    For each feature, the n_best highest start and end positions are paired; pairs outside the
+    context, ending before they start or longer than max_answer_len tokens are skipped; the best
+    start + end logit wins. Returns per example: `text` = context[start:end], `start`/`end`
+    (characters; None when no span was possible), `score` (start + end logit), `null_score`
+    (start + end logit at [CLS], the lowest over the example's features), and `feature`,
+    `start_token`, `end_token` of the winner. Logit rows may be padded past a feature's length:
+    padding is never chosen.
     """
     features_of = collections.defaultdict(list)
     for feature_index, feature in enumerate(features):
         features_of[feature["example_index"]].append(feature_index)
-
-    predictions, null_score_diffs = {}, {}
+    results = []
     for example_index, example in enumerate(examples):
-        best_score, best_text = -math.inf, ""
-        null_score = math.inf
+        best = {"text": "", "start": None, "end": None, "score": -math.inf, "null_score": math.inf,
+                "feature": None, "start_token": None, "end_token": None}
         for feature_index in features_of[example_index]:
             offsets = features[feature_index]["offsets"]
             starts = _floats(start_logits[feature_index])[:len(offsets)]
             ends = _floats(end_logits[feature_index])[:len(offsets)]
-            null_score = min(null_score, starts[0] + ends[0])
+            best["null_score"] = min(best["null_score"], starts[0] + ends[0])
             for start in _top(starts, n_best):
                 for end in _top(ends, n_best):
                     if offsets[start] is None or offsets[end] is None:
                         continue  # in the question, or a special token
                     if end < start or end - start + 1 > max_answer_len:
                         continue
-                    if starts[start] + ends[end] > best_score:
-                        best_score = starts[start] + ends[end]
-                        best_text = example.context[offsets[start][0]:offsets[end][1]]
-        null_score_diffs[example.id] = null_score - best_score  # inf when no span was possible
+                    if starts[start] + ends[end] > best["score"]:
+                        first, last = offsets[start][0], offsets[end][1]
+                        best.update(text=example.context[first:last], start=first, end=last,
+                                    score=starts[start] + ends[end], feature=feature_index,
+                                    start_token=start, end_token=end)
+        results.append(best)
+    return results
+
+
+def postprocess(examples: Sequence[QAExample], features: Sequence[dict],
+                start_logits: Sequence[Sequence[float]], end_logits: Sequence[Sequence[float]],
+                n_best: int = 20, max_answer_len: int = 30, null_threshold: float = 0.0,
+                version_2: bool = False) -> tuple[dict[str, str], dict[str, float]]:
+    """Answer texts per question id, and per id the null score minus the best span's score (best_spans).
+
+    With version_2 an answer becomes "" when that difference exceeds null_threshold.
+    """
+    predictions, null_score_diffs = {}, {}
+    for example, best in zip(examples, best_spans(examples, features, start_logits, end_logits, n_best,
+                                                  max_answer_len)):
+        null_score_diffs[example.id] = best["null_score"] - best["score"]  # inf when no span was possible
         no_answer = version_2 and null_score_diffs[example.id] > null_threshold
-        predictions[example.id] = "" if no_answer else best_text
+        predictions[example.id] = "" if no_answer else best["text"]
     return predictions, null_score_diffs
 
 

@@ -26,6 +26,8 @@ import torch
 
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write_json, atomic_write_text, check_output_dir
+from bertkit.inference import feature_length
+from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
 
 HEADS = {"classification": "BertForSequenceClassification", "regression": "BertForSequenceClassification",
          "tagging": "BertForTokenClassification", "span": "BertForQuestionAnswering",
@@ -63,6 +65,11 @@ class FinetuneConfig:
     max_train_examples: int | None = None  # a quick run on the first N training examples
     group_by_length: bool = True
     log_every: int = 50
+    save_every: int = 500  # steps between checkpoints (and one at each epoch end); 0: epoch ends only
+    keep_checkpoints: int = 1
+    max_bad_steps: int = 10  # stop after this many consecutive non-finite steps
+    resume: bool = False
+    tensorboard: bool = False
     force: bool = False
     show_progress: bool = True
 
@@ -134,17 +141,12 @@ def check_length(cfg: FinetuneConfig, kind: str, positions: int) -> None:
                            hint=f"pass --max-seq-len {positions} or less")
 
 
-def _length(feature: dict) -> int:
-    ids = feature["input_ids"]
-    return max(len(row) for row in ids) if ids and isinstance(ids[0], list) else len(ids)
-
-
 def batches(features: list[dict], batch_size: int, rng: np.random.Generator | None, group_by_length: bool):
     """Index batches. Training (rng given): shuffled; with grouping, each run of 50 batches' worth of
     shuffled examples is sorted by length before being cut, so a batch pads to similar lengths while
     the order stays random. Evaluation: sorted by length."""
     n = len(features)
-    lengths = np.array([_length(f) for f in features])
+    lengths = np.array([feature_length(f) for f in features])
     if rng is None:
         order = np.argsort(-lengths, kind="stable")
         return [order[i:i + batch_size] for i in range(0, n, batch_size)]
@@ -161,26 +163,13 @@ def batches(features: list[dict], batch_size: int, rng: np.random.Generator | No
 # Evaluation
 
 
-@torch.inference_mode()
-def predict_logits(model, features, cfg: FinetuneConfig, pad_id: int, device) -> list:
-    """Per-feature outputs in feature order: logits rows, or (start, end) pairs for span QA."""
-    from bertkit.data.features import collate
+def predict_logits(model, features, cfg: FinetuneConfig, pad_id: int) -> list:
+    """Per-feature outputs in feature order (inference.run_features); the model goes back to training mode."""
+    from bertkit.inference import run_features
 
-    model.eval()
-    out: list = [None] * len(features)
-    for indices in batches(features, cfg.eval_batch_size, None, True):
-        batch = collate([features[i] for i in indices], pad_id)
-        batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            result = model(**batch)
-        if result.logits is not None:
-            rows = result.logits.float().cpu().numpy()
-        else:
-            rows = list(zip(result.start_logits.float().cpu().numpy(), result.end_logits.float().cpu().numpy()))
-        for i, row in zip(indices, rows):
-            out[int(i)] = row
+    outputs = run_features(model, features, pad_id, cfg.eval_batch_size, cfg.precision)
     model.train()
-    return out
+    return outputs
 
 
 def score(kind: str, task: str, examples, features, outputs, label_list, cfg: FinetuneConfig):
@@ -237,11 +226,26 @@ def _load_model(kind: str, model_dir: str, label_list):
     return cls.from_pretrained(model_dir, **overrides)
 
 
-def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokenizer, device) -> dict:
+class Stopped(Exception):
+    """SIGINT/SIGTERM during fine-tuning: a checkpoint was written; `path` names it."""
+
+    def __init__(self, path: str, step: int):
+        super().__init__(path)
+        self.path, self.step = path, step
+
+
+def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokenizer, device, stop) -> dict:
+    """Train one seed into `out`; with cfg.resume, continue from its newest complete checkpoint.
+
+    Everything random is a function of (seed, epoch, step): the classifier's initial weights of the
+    seed, each epoch's batch order of (seed, epoch), dropout of (seed, step). So a checkpoint needs
+    only the model, the optimizer, the step, the epoch and the position in it to resume exactly.
+    """
     from tqdm.auto import tqdm
 
     from bertkit.data.features import collate
     from bertkit.train.optim import build_optimizer, set_lr, warmup_linear
+    from bertkit.train.state import complete_checkpoints, load_checkpoint, save_checkpoint
 
     kind, train_feats, dev_examples, dev_feats, label_list = (data[k] for k in
                                                               ("kind", "train", "dev_examples", "dev", "labels"))
@@ -249,62 +253,108 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
     model = _load_model(kind, cfg.model, label_list).to(device)
     check_length(cfg, kind, model.config.max_position_embeddings)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
-    rng = np.random.default_rng(seed)
     steps_per_epoch = math.ceil(len(train_feats) / cfg.batch_size)
     total = max(1, round(cfg.epochs * steps_per_epoch))
     warmup = round(cfg.warmup * total)
+    signature = {"seed": seed, "total_steps": total, "train_features": len(train_feats)}
     os.makedirs(out, exist_ok=True)
     metrics_path = os.path.join(out, "metrics.jsonl")
-    atomic_write_text(metrics_path, "")
+    step, epoch, offset, skipped, best = 0, 1, 0, 0, None
+    found = complete_checkpoints(out) if cfg.resume else []
+    if found:
+        state = load_checkpoint(found[-1], model, optimizer)
+        if state.get("signature") != signature:
+            raise BertkitError(f"{found[-1]}: written by a run with other settings ({state.get('signature')}, "
+                               f"now {signature})", hint="resume with the original command, or start a new --out")
+        step, epoch, offset, skipped, best = (state[k] for k in ("step", "epoch", "offset", "skipped_steps", "best"))
+        truncate_metrics(metrics_path, step)
+        print(f"resuming seed {seed} from {found[-1]} (step {step})", file=sys.stderr)
+    else:
+        atomic_write_text(metrics_path, "")
+    log = MetricsLog(out, cfg.tensorboard, step)
     pad = tokenizer.pad_token_id
-    spec_metric = data["metric"]
-    best: dict | None = None
-    step, epoch = 0, 0
-    progress = tqdm(total=total, desc=f"finetune {cfg.task} seed {seed}", unit="step", disable=not cfg.show_progress,
-                    dynamic_ncols=True)
+
+    def checkpoint() -> str:
+        return save_checkpoint(out, step, model, tokenizer, optimizer,
+                               {"signature": signature, "epoch": epoch, "offset": offset, "skipped_steps": skipped,
+                                "best": best}, keep=cfg.keep_checkpoints)
+
+    progress = tqdm(total=total, initial=step, desc=f"finetune {cfg.task} seed {seed}", unit="step",
+                    disable=not cfg.show_progress, dynamic_ncols=True)
     window_loss, window_samples, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
-    train_seconds = 0.0
+    train_seconds, consecutive_bad = 0.0, 0
+    model.train()
     while step < total:
-        epoch += 1
-        for indices in batches(train_feats, cfg.batch_size, rng, cfg.group_by_length):
+        epoch_batches = batches(train_feats, cfg.batch_size, np.random.default_rng([seed, epoch]), cfg.group_by_length)
+        for indices in epoch_batches[offset:]:
             if step >= total:
                 break
             batch = {k: v.to(device) for k, v in collate([train_feats[i] for i in indices], pad).items()}
             set_lr(optimizer, cfg.lr * warmup_linear(step, max(1, warmup), total))
+            torch.manual_seed(seed * 1_000_003 + step)  # dropout: a function of the step, so a resume repeats it
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 loss = model(**batch).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if torch.isfinite(grad_norm) and torch.isfinite(loss):
+                optimizer.step()
+                consecutive_bad = 0
+                window_loss += loss.item()
+                window_steps += 1
+            else:
+                skipped += 1
+                consecutive_bad += 1
+                if consecutive_bad >= cfg.max_bad_steps:
+                    last = complete_checkpoints(out)
+                    raise BertkitError(
+                        f"step {step + 1}: loss or gradient not finite for {consecutive_bad} consecutive steps; "
+                        f"last good checkpoint: {last[-1] if last else 'none'}",
+                        hint="likely causes: a learning rate too high, labels out of range (NaN or inf in a "
+                             "regression column), or a damaged model; lower --lr and resume with --resume")
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            window_loss += loss.item()
+            offset += 1
             window_samples += len(indices)
-            window_steps += 1
             progress.update(1)
             if step % cfg.log_every == 0 or step == total:
                 elapsed = time.perf_counter() - window_start
                 train_seconds += elapsed
-                line = {"step": step, "epoch": epoch, "loss": window_loss / window_steps,
-                        "lr": optimizer.param_groups[0]["lr"], "samples_per_s": window_samples / elapsed}
-                with open(metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(line) + "\n")
-                progress.set_postfix(loss=f"{line['loss']:.4f}", samples_s=f"{line['samples_per_s']:.0f}")
+                line = {"step": step, "epoch": epoch, "loss": window_loss / window_steps if window_steps else None,
+                        "lr": optimizer.param_groups[0]["lr"], "samples_per_s": window_samples / elapsed,
+                        "skipped_steps": skipped}
+                log.write(line)
+                if line["loss"] is not None:
+                    progress.set_postfix(loss=f"{line['loss']:.4f}", samples_s=f"{line['samples_per_s']:.0f}")
                 window_loss, window_samples, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
+            if stop.requested or (cfg.save_every and step % cfg.save_every == 0 and step < total):
+                path = checkpoint()
+                if stop.requested:
+                    progress.close()
+                    log.close()
+                    raise Stopped(path, step)
         train_seconds += time.perf_counter() - window_start
-        result, _ = score(kind, cfg.task, dev_examples, dev_feats,
-                          predict_logits(model, dev_feats, cfg, pad, device), label_list, cfg)
+        result, _ = score(kind, cfg.task, dev_examples, dev_feats, predict_logits(model, dev_feats, cfg, pad),
+                          label_list, cfg)
         result = {k: float(v) for k, v in result.items()}
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "epoch": epoch, "split": "dev", **result}) + "\n")
+        log.write({"step": step, "epoch": epoch, "split": "dev", **result})
         progress.write(f"seed {seed} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-        if cfg.keep == "last" or best is None or result[spec_metric] > best[spec_metric]:
+        if cfg.keep == "last" or best is None or result[data["metric"]] > best[data["metric"]]:
             best = {**result, "epoch": epoch}
             # squad2: predict later with the threshold that was best on dev
             save_model_dir(model, tokenizer, out, cfg, data, result.get("best_null_threshold"))
+        epoch, offset = epoch + 1, 0
+        checkpoint()  # the epoch's evaluation and kept model are done: a resume starts the next epoch
         window_start = time.perf_counter()
     progress.close()
-    best["train_samples_per_s"] = len(train_feats) * cfg.epochs / train_seconds if train_seconds else 0.0
+    log.close()
+    try:
+        from bertkit.plot import plot_runs
+
+        plot_runs([out], os.path.join(out, "curves.png"))
+    except Exception as e:  # a plot is a convenience; never lose a finished run over it
+        print(f"note: could not draw curves.png ({e})", file=sys.stderr)
+    if train_seconds:  # (a run resumed after its last step trained for no time here)
+        best["train_samples_per_s"] = len(train_feats) * cfg.epochs / train_seconds
     atomic_write_json(os.path.join(out, "eval_results.json"), best)
     return best
 
@@ -331,7 +381,13 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise BertkitError("no training data", hint="pass --data DIR with a train file, or --train FILE")
     if cfg.keep not in ("best", "last"):
         raise BertkitError(f"--keep {cfg.keep!r}", hint="use best or last")
-    check_output_dir(cfg.out, hint="choose a new --out, or pass --force to overwrite", reuse=cfg.force)
+    if cfg.save_every < 0:
+        raise BertkitError(f"--save-every {cfg.save_every}: must be 0 (epoch ends only) or more", hint="e.g. 500")
+    check_output_dir(cfg.out, hint="choose a new --out, pass --resume to continue the run in it, or --force to "
+                                   "overwrite", reuse=cfg.force or cfg.resume)
+    if cfg.tensorboard:
+        require_tensorboard()
+    check_resume(cfg)
     spec = TASKS[cfg.task]
     tokenizer = Tokenizer.from_pretrained(cfg.model)
     train_examples = _read(cfg, files["train"], training=True)
@@ -351,16 +407,58 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise BertkitError(f"{files['train']}: no usable training examples", hint="check the file's contents")
     data = dict(kind=spec.kind, metric=spec.metric, labels=label_list, train=train_feats,
                 dev_examples=dev_examples, dev=dev_feats)
+    from bertkit.checkpoint import CONFIG_NAME
+    from bertkit.config import BertConfig
+
+    check_length(cfg, spec.kind, BertConfig.load(os.path.join(cfg.model, CONFIG_NAME)).max_position_embeddings)
     device = default_device()
+    os.makedirs(cfg.out, exist_ok=True)  # everything is validated: now the run writes
+    atomic_write_json(os.path.join(cfg.out, CONFIG_FILE), dataclasses.asdict(cfg))
     results = {}
-    for seed in cfg.seeds:
-        out = cfg.out if len(cfg.seeds) == 1 else os.path.join(cfg.out, f"seed-{seed}")
-        results[seed] = train_one_seed(cfg, seed, out, data, tokenizer, device)
+    from bertkit.train.state import StopRequest
+
+    with StopRequest() as stop:
+        for seed in cfg.seeds:
+            out = cfg.out if len(cfg.seeds) == 1 else os.path.join(cfg.out, f"seed-{seed}")
+            done = os.path.join(out, "eval_results.json")
+            if cfg.resume and os.path.isfile(done):  # this seed finished before the interruption
+                with open(done, encoding="utf-8") as f:
+                    results[seed] = json.load(f)
+                continue
+            try:
+                results[seed] = train_one_seed(cfg, seed, out, data, tokenizer, device, stop)
+            except Stopped as e:
+                print(f"stopped at step {e.step} of seed {seed}; checkpoint {e.path}. "
+                      "Resume with the same command plus --resume", file=sys.stderr)
+                return {"stopped": e.path}
     summary = summarize(results, spec.metrics)
     if len(cfg.seeds) > 1:
         atomic_write_json(os.path.join(cfg.out, "eval_results.json"), summary)
-    atomic_write_json(os.path.join(cfg.out, "finetune_config.json"), dataclasses.asdict(cfg))
     return summary
+
+
+CONFIG_FILE = "finetune_config.json"
+# Options that do not change what a run computes: a resumed run may change them.
+RUN_ONLY = ("resume", "force", "show_progress", "log_every", "tensorboard", "save_every", "keep_checkpoints",
+            "eval_batch_size", "max_bad_steps")
+
+
+def check_resume(cfg: FinetuneConfig) -> None:
+    """--resume must repeat the settings of the run it continues (those that change what it computes)."""
+    path = os.path.join(cfg.out, CONFIG_FILE)
+    if not cfg.resume or not os.path.isfile(path):
+        return
+    from bertkit.files import read_text
+
+    try:
+        saved = json.loads(read_text(path))
+    except ValueError:
+        raise BertkitError(f"{path}: not valid JSON", hint="the run's settings file is damaged; start a new --out")
+    now = json.loads(json.dumps(dataclasses.asdict(cfg), default=os.fspath))
+    changed = [k for k in now if k not in RUN_ONLY and k in saved and saved[k] != now[k]]
+    if changed:
+        raise BertkitError(f"--resume: {cfg.out} was run with other settings: " + ", ".join(
+            f"{k} {saved[k]!r} (now {now[k]!r})" for k in changed), hint="resume with the original options")
 
 
 def summarize(results: dict[int, dict], names) -> dict:
@@ -420,8 +518,8 @@ def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
     feats, _ = encode(kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
-    result, _ = score(kind, cfg.task, examples, feats, predict_logits(model, feats, cfg, tokenizer.pad_token_id,
-                                                                          device), labels, cfg)
+    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id)
+    result, _ = score(kind, cfg.task, examples, feats, outputs, labels, cfg)
     result = {k: float(v) for k, v in result.items()}
     atomic_write_json(output or os.path.join(cfg.model, "eval_results.json"), result)
     return result
@@ -439,7 +537,7 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     feats, _ = encode(spec.kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
-    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, device)
+    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id)
     _, predictions = score(spec.kind, cfg.task, _unlabel(examples), feats, outputs, labels, cfg)
     if spec.kind == "span":
         lines = [json.dumps({"id": e.id, "answer": predictions.get(e.id, "")}, ensure_ascii=False) for e in examples]

@@ -15,7 +15,8 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0
             continue
         (no_decay if param.ndim < 2 else decay).append(param)  # biases, LayerNorm gains and the MLM bias
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = all(p.device.type == "cuda" for p in decay + no_decay)  # the fused kernel is a CUDA one
+    # PyTorch's fused kernel (CPU and CUDA): one pass over each tensor instead of several foreach ops
+    fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,11 +25,12 @@ import torch
 
 from bertkit.config import BertConfig, preset
 from bertkit.errors import BertkitError
-from bertkit.files import atomic_write_json, atomic_write_text, check_output_dir
+from bertkit.files import atomic_write_json, check_output_dir
 from bertkit.model import BertForPreTraining
 from bertkit.train import distributed
+from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
 from bertkit.train.optim import build_optimizer, set_lr, warmup_linear
-from bertkit.train.state import complete_checkpoints, load_checkpoint, save_checkpoint
+from bertkit.train.state import StopRequest, complete_checkpoints, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -60,6 +59,7 @@ class PretrainConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     compile: bool = False
+    tensorboard: bool = False
     device: str | None = None
     max_minutes: float | None = None  # a wall-clock budget: finish (evaluate, save) when it is spent
     stop_at: int | None = None  # save and stop after this step, as if interrupted (resume with --resume)
@@ -75,28 +75,6 @@ def load_model_config(spec: str) -> BertConfig:
     if spec.endswith(".json"):
         raise BertkitError(f"--model-config {spec}: file not found", hint="pass a config.json or a preset name")
     return preset(spec)
-
-
-class StopRequest:
-    """SIGINT/SIGTERM ask the loop to save and exit at the next step boundary instead of dying mid-step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def build(cfg: PretrainConfig, world_size: int = 1):
@@ -219,22 +197,6 @@ def _summarize(t: dict) -> dict:
     return m
 
 
-def _truncate_metrics(path: str, last_step: int) -> None:
-    """On resume, drop metric lines past the checkpoint so the file reads as one uninterrupted run
-    (a line cut short by a crash is dropped too)."""
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                if json.loads(line).get("step", 0) <= last_step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-            except json.JSONDecodeError:
-                continue
-    atomic_write_text(path, "".join(kept))
-
-
 # What fixes the sample stream: a resumed run must agree on these, or it would silently see other samples.
 STREAM_FIELDS = ("seed", "batch_size", "grad_accum", "seq_len", "objective", "masking", "max_predictions")
 
@@ -261,6 +223,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     from bertkit.data.pretraining import collate
 
+    if cfg.tensorboard:
+        require_tensorboard()
     world = distributed.setup(cfg.device)
     model, tokenizer, train_set, validation = build(cfg, world.world_size)
     distributed.barrier(world)  # every rank has validated --out before rank 0 writes into it
@@ -279,13 +243,14 @@ def pretrain(cfg: PretrainConfig) -> dict:
         bad_steps_total = state.get("skipped_steps", 0)
         if world.is_main:
             print(f"resuming from {checkpoints[-1]} (step {step})", file=sys.stderr)
-            _truncate_metrics(metrics_path, step)
+            truncate_metrics(metrics_path, step)
     elif cfg.resume and world.is_main:
         print(f"--resume: no complete checkpoint in {cfg.out}; starting from step 0", file=sys.stderr)
-        _truncate_metrics(metrics_path, 0)
+        truncate_metrics(metrics_path, 0)
     if world.is_main:
         os.makedirs(cfg.out, exist_ok=True)
         atomic_write_json(os.path.join(cfg.out, "run.json"), dataclasses.asdict(cfg))
+    log = MetricsLog(cfg.out, cfg.tensorboard, step) if world.is_main else None
     samples_per_step = cfg.batch_size * cfg.grad_accum * world.world_size
     train_set.set_epoch(epoch)
     order = epoch_order(len(train_set), cfg.seed, epoch)
@@ -338,9 +303,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 if consecutive_bad >= cfg.max_bad_steps:
                     last = complete_checkpoints(cfg.out)
                     raise BertkitError(
-                        f"step {step}: loss or gradient not finite for {consecutive_bad} consecutive steps",
-                        hint=f"last good checkpoint: {last[-1] if last else 'none'}; likely causes: learning rate too "
-                             "high, fp16/bf16 overflow, or corrupt data; lower --lr or use --precision fp32")
+                        f"step {step + 1}: loss or gradient not finite for {consecutive_bad} consecutive steps; "
+                        f"last good checkpoint: {last[-1] if last else 'none'}",
+                        hint="likely causes: a learning rate too high, bf16 overflow, or damaged data; lower --lr or "
+                             "use --precision fp32, and resume with --resume")
             optimizer.zero_grad(set_to_none=True)
             step += 1
             offset += samples_per_step
@@ -363,8 +329,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                         "tokens_per_s": sums[-1] / elapsed, "grad_norm": window_norm / window_good_steps if window_good_steps else None,
                         "skipped_steps": bad_steps_total, "epoch": epoch}
                 if world.is_main:
-                    with open(metrics_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(line) + "\n")
+                    log.write(line)
                     progress.set_postfix(loss=f"{line['loss']:.3f}", mlm_acc=f"{line['mlm_accuracy']:.3f}",
                                          tok_s=f"{line['tokens_per_s']:.0f}")
                 window = dict.fromkeys(window, 0)
@@ -375,8 +340,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 eval_started = time.perf_counter()
                 if world.is_main:
                     last_eval = {"step": step, **evaluate(model, validation, cfg, world.device), "split": "validation"}
-                    with open(metrics_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(last_eval) + "\n")
+                    log.write(last_eval)
                     progress.write(f"step {step}: held-out " + ", ".join(
                         f"{k} {v:.4f}" for k, v in last_eval.items() if k not in ("step", "split")))
                 distributed.barrier(world)
@@ -390,12 +354,14 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 if stop_now and step < last_step:
                     progress.close()
                     if world.is_main:
+                        log.close()
                         print(f"stopped at step {step}; checkpoint {path}. Resume with the same command plus --resume",
                               file=sys.stderr)
                     distributed.teardown()
                     return last_eval
     progress.close()
     if world.is_main:
+        log.close()
         final = os.path.join(cfg.out, "model")
         tmp = final + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,7 +7,8 @@
 
 A checkpoint is written under a temporary name, fsynced, and renamed: a directory called step-N with a
 trainer_state.json in it is complete, anything else is debris from a crash and is ignored (and removed
-by the next save). The data position needs no RNG state: samples and masks are seeded from
+by the next save). trainer_state.json lists the sha256 of every other file; loading checks them, so a
+truncated or bit-flipped file is named rather than trained on. The data position needs no RNG state: samples and masks are seeded from
 (seed, epoch, index) and dropout from (seed, step, micro-batch), so (epoch, offset) and the step
 resume the exact stream.
 """
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 
 import torch
 
@@ -65,7 +67,8 @@ def save_checkpoint(run_dir: str, step: int, model, tokenizer, optimizer, traine
                                   model_max_length=model.config.max_position_embeddings)
         tensors, groups = optimizer_tensors(optimizer)
         save_tensors(os.path.join(tmp, OPTIMIZER_NAME), tensors)
-        atomic_write_json(os.path.join(tmp, STATE_NAME), {**trainer_state, "step": step, "optimizer_groups": groups})
+        atomic_write_json(os.path.join(tmp, STATE_NAME), {**trainer_state, "step": step, "optimizer_groups": groups,
+                                                          "files": _digests(tmp)})
         if os.path.exists(final):  # re-saving the same step (a resumed run that stops where it started)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -80,6 +83,35 @@ def save_checkpoint(run_dir: str, step: int, model, tokenizer, optimizer, traine
         if name.startswith(".step-") and name != os.path.basename(tmp):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     return final
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _digests(directory: str) -> dict[str, str]:
+    """sha256 of every file under `directory`, by relative path: a checkpoint's manifest."""
+    return {os.path.relpath(os.path.join(parent, name), directory): _sha256(os.path.join(parent, name))
+            for parent, _, names in os.walk(directory) for name in names}
+
+
+def verify_checkpoint(path: str, state: dict) -> None:
+    """Every file the manifest lists is there with the same sha256: a truncated or bit-flipped file is named."""
+    for name, digest in state.get("files", {}).items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            raise BertkitError(f"{file}: missing from the checkpoint", hint="resume from an older checkpoint "
+                               "(delete this one) or start a new --out")
+        if _sha256(file) != digest:
+            raise BertkitError(f"{file}: damaged (its sha256 differs from the checkpoint's manifest)",
+                               hint="delete this checkpoint directory to resume from the one before, "
+                                    "or start a new --out")
 
 
 def _fsync_dir(path: str) -> None:
@@ -107,11 +139,39 @@ def load_checkpoint(path: str, model, optimizer) -> dict:
     """Restore model and optimizer from a checkpoint directory; returns the trainer state."""
     from bertkit.checkpoint import load_state, read_weights
 
-    with open(os.path.join(path, STATE_NAME), encoding="utf-8") as f:
-        state = json.load(f)
+    state_path = os.path.join(path, STATE_NAME)
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+    except ValueError:
+        raise BertkitError(f"{state_path}: not valid JSON", hint="delete this checkpoint directory to resume from "
+                           "the one before, or start a new --out") from None
+    verify_checkpoint(path, state)
     report = load_state(model, read_weights(os.path.join(path, "model")), source=path)
     if report.missing:
         raise BertkitError(f"{path}: checkpoint lacks {', '.join(report.missing)}",
                            hint="it was written by a different model; start a new --out")
     load_optimizer_tensors(optimizer, load_tensors(os.path.join(path, OPTIMIZER_NAME)), state["optimizer_groups"])
     return state
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to save and exit at the next step boundary instead of dying mid-step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

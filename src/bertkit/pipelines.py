@@ -1,0 +1,224 @@
+"""Task pipelines: a fine-tuned directory in, predictions for a list of inputs out, batched by length.
+
+    from bertkit.pipelines import Pipeline
+    pipe = Pipeline.from_pretrained("runs/sst2")                # the head comes from config.json
+    pipe.classify(["a gripping film", "flat and dull"])         # label, score, probabilities
+    pipe.classify(["A man plays."], pairs=["Someone plays."])   # sentence pairs
+    pipe.tag(["Angela Merkel visited Paris."])                  # entities with character spans
+    pipe.answer([("Where?", "She lives in Paris.")])            # answer text, character span, score
+    pipe.choose([("She opened the door", ["and left.", "and ate the door."])])
+    pipe(inputs)                                                # whichever the head does
+
+Long inputs: `classify`, `tag` and `choose` truncate to the model's length (the fine-tuned max_seq_len
+when the directory has one) and log a warning with the count; `answer` windows the context
+(doc_stride apart), so no part of it is left out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from bertkit.errors import BertkitError
+
+log = logging.getLogger("bertkit")
+
+TASK_OF_HEAD = {"BertForSequenceClassification": "classify", "BertForTokenClassification": "tag",
+                "BertForQuestionAnswering": "answer", "BertForMultipleChoice": "choose"}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _warn_truncated(count: int, total: int, max_len: int) -> None:
+    if count:
+        log.warning(f"note: {count} of {total} inputs were longer than {max_len} tokens and were truncated")
+
+
+class Pipeline:
+    def __init__(self, model, tokenizer, settings: dict | None = None, precision: str = "fp32",
+                 batch_size: int = 64):
+        if precision not in ("fp32", "bf16"):
+            raise BertkitError(f"precision {precision!r}", hint="use fp32 or bf16")
+        self.model, self.tokenizer, self.settings = model.eval(), tokenizer, settings or {}
+        self.precision, self.batch_size = precision, batch_size
+        self.task = TASK_OF_HEAD.get(type(model).__name__)
+        positions = model.config.max_position_embeddings
+        self.max_len = min(self.settings.get("max_seq_len") or positions, positions)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, device: str | torch.device | None = None, precision: str = "fp32",
+                        batch_size: int = 64) -> Pipeline:
+        """A fine-tuned directory (any HuggingFace BERT with a task head, or one written by `bertkit finetune`)."""
+        import os
+
+        from bertkit.checkpoint import load_model
+        from bertkit.tokenizer import Tokenizer
+        from bertkit.train.finetune import TASK_FILE, default_device
+
+        model = load_model(directory)
+        if type(model).__name__ not in TASK_OF_HEAD:
+            raise BertkitError(f"{directory}: a {type(model).__name__} has no task head",
+                               hint="pass a fine-tuned directory (bertkit finetune --out), e.g. one with "
+                                    "BertForSequenceClassification in config.json's architectures")
+        settings = {}
+        if os.path.isfile(os.path.join(directory, TASK_FILE)):
+            from bertkit.files import json_object, read_text
+
+            settings = json_object(os.path.join(directory, TASK_FILE), 1, read_text(os.path.join(directory, TASK_FILE)))
+        model.to(device or default_device())
+        return cls(model, Tokenizer.from_pretrained(directory), settings, precision, batch_size)
+
+    def __call__(self, inputs: Sequence, **kwargs) -> list[dict]:
+        if self.task is None:
+            raise BertkitError(f"a {type(self.model).__name__} has no task head", hint="use a fine-tuned model")
+        return getattr(self, self.task)(inputs, **kwargs)
+
+    def _run(self, features: list[dict]) -> list:
+        from bertkit.inference import run_features
+
+        return run_features(self.model, features, self.tokenizer.pad_token_id, self.batch_size, self.precision)
+
+    def _require(self, task: str) -> None:
+        if self.task != task:
+            raise BertkitError(f"this model's head ({type(self.model).__name__}) does {self.task or 'no task'}, "
+                               f"not {task}", hint=f"use a model fine-tuned for {task}")
+
+    # ------------------------------------------------------------------------------------------
+
+    def classify(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict]:
+        """Per text (or pair): `label`, its probability `score`, and every label's `probabilities`;
+        a regression head (one output) gives `score` only."""
+        from bertkit.data.features import encode_sentence_tasks
+        from bertkit.data.tasks import Example
+
+        self._require("classify")
+        if pairs is not None and len(pairs) != len(texts):
+            raise BertkitError(f"{len(texts)} texts but {len(pairs)} pairs", hint="give one pair per text")
+        examples = [Example(text, None if pairs is None else pairs[i]) for i, text in enumerate(texts)]
+        features, cut = encode_sentence_tasks(examples, self.tokenizer, self.max_len, None)
+        _warn_truncated(cut, len(texts), self.max_len)
+        id2label = self.model.config.id2label or {0: "0", 1: "1"}
+        results = []
+        for row in self._run(features):
+            if len(row) == 1:
+                results.append({"score": float(row[0])})
+                continue
+            probs = _softmax(row)
+            best = int(probs.argmax())
+            results.append({"label": id2label[best], "score": float(probs[best]),
+                            "probabilities": {id2label[i]: float(p) for i, p in enumerate(probs)}})
+        return results
+
+    def tag(self, texts: Sequence[str]) -> list[dict]:
+        """Per text: `entities` (type, text, start, end characters, score) and the `words` with their
+        `tags`. A word takes the tag of its first piece; B-/I- (and S-/E-) runs of one type make an entity."""
+        self._require("tag")
+        encoded = self.tokenizer(list(texts), truncation=False, padding=False, return_offsets=True,
+                                 return_tensors=None)
+        features, cut = [], 0
+        for ids in encoded["input_ids"]:
+            if len(ids) > self.max_len:
+                cut += 1
+                ids = ids[:self.max_len - 1] + [self.tokenizer.sep_token_id]
+            features.append({"input_ids": ids, "token_type_ids": [0] * len(ids)})
+        _warn_truncated(cut, len(texts), self.max_len)
+        id2label = self.model.config.id2label
+        results = []
+        for text, feature, offsets, word_ids, row in zip(texts, features, encoded["offset_mapping"],
+                                                         encoded["word_ids"], self._run(features)):
+            probs = _softmax(row[:len(feature["input_ids"]) - 1])  # all but the final [SEP]
+            words: dict[int, dict] = {}
+            for position in range(1, len(probs)):
+                word = word_ids[position]
+                start, end = offsets[position]
+                if word not in words:  # the word's first piece carries its tag
+                    best = int(probs[position].argmax())
+                    words[word] = {"start": start, "end": end, "tag": id2label[best],
+                                   "score": float(probs[position, best])}
+                else:
+                    words[word]["end"] = end
+            ordered = [words[w] for w in sorted(words)]
+            results.append({"entities": _entities(text, ordered), "words": [text[w["start"]:w["end"]] for w in ordered],
+                            "tags": [w["tag"] for w in ordered]})
+        return results
+
+    def answer(self, questions: Sequence[tuple[str, str]], n_best: int = 20, max_answer_len: int = 30) -> list[dict]:
+        """Per (question, context): `answer` text, its `start`/`end` characters in the context, and `score`
+        (the start probability times the end probability, in the window it was found in)."""
+        from bertkit.data.features import encode_squad
+        from bertkit.data.tasks import QAExample
+        from bertkit.eval.squad import best_spans
+
+        self._require("answer")
+        examples = [QAExample(id=str(i), question=q, context=c) for i, (q, c) in enumerate(questions)]
+        max_len = min(self.settings.get("max_seq_len") or 384, self.model.config.max_position_embeddings)
+        features = encode_squad(examples, self.tokenizer, max_len, self.settings.get("doc_stride") or 128,
+                                self.settings.get("max_query_len") or 64, training=False)
+        outputs = self._run(features)
+        starts, ends = [o[0] for o in outputs], [o[1] for o in outputs]
+        results = []
+        for best in best_spans(examples, features, starts, ends, n_best, max_answer_len):
+            if best["feature"] is None:
+                results.append({"answer": "", "start": None, "end": None, "score": 0.0})
+                continue
+            length = len(features[best["feature"]]["input_ids"])
+            p_start = _softmax(starts[best["feature"]][:length])[best["start_token"]]
+            p_end = _softmax(ends[best["feature"]][:length])[best["end_token"]]
+            results.append({"answer": best["text"], "start": best["start"], "end": best["end"],
+                            "score": float(p_start * p_end)})
+        return results
+
+    def choose(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[dict]:
+        """Per (context, endings): the chosen ending's index `choice` and every ending's `probabilities`."""
+        from bertkit.data.features import encode_choices
+        from bertkit.data.tasks import ChoiceExample
+
+        self._require("choose")
+        examples = [ChoiceExample(context, list(endings)) for context, endings in items]
+        features, cut = encode_choices(examples, self.tokenizer, self.max_len)
+        _warn_truncated(cut, len(items), self.max_len)
+        results: list = [None] * len(items)
+        for n_endings in sorted({len(e.endings) for e in examples}):  # a batch holds items of one size
+            chosen = [i for i, e in enumerate(examples) if len(e.endings) == n_endings]
+            for i, row in zip(chosen, self._run([features[i] for i in chosen])):
+                probs = _softmax(row)
+                results[i] = {"choice": int(probs.argmax()), "probabilities": [float(p) for p in probs]}
+        return results
+
+
+def _entities(text: str, words: list[dict]) -> list[dict]:
+    """Entities from tagged words (each with start, end, tag, score): IOB2, IOB1, IOBES/BILOU or bare types."""
+    entities: list[dict] = []
+    current: dict | None = None
+
+    def close():
+        nonlocal current
+        if current is not None:
+            scores = current.pop("scores")
+            current.update(text=text[current["start"]:current["end"]], score=sum(scores) / len(scores))
+            entities.append(current)
+            current = None
+
+    for word in words:
+        tag = word["tag"]
+        if tag == "O":
+            close()
+            continue
+        prefix, _, kind = tag.partition("-") if "-" in tag else ("I", "", tag)
+        prefix = {"L": "E", "U": "S"}.get(prefix, prefix)  # BILOU -> IOBES
+        if prefix in ("B", "S") or current is None or current["type"] != kind:
+            close()
+            current = {"type": kind, "start": word["start"], "end": word["end"], "scores": [word["score"]]}
+        else:
+            current["end"] = word["end"]
+            current["scores"].append(word["score"])
+        if prefix in ("S", "E"):
+            close()
+    close()
+    return entities
