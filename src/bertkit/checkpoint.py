@@ -151,6 +151,7 @@ class LoadReport:
 
     missing: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    missing_files_keys: dict[str, list[str]] = field(default_factory=dict)  # missing name -> the file's absent keys
 
     def __str__(self) -> str:
         lines = []
@@ -177,6 +178,7 @@ def load_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source
             hf_keys = to_hf_keys(name, is_encoder_param=not is_encoder_only and name.startswith("bert."))
             if not all(k in hf_state for k in hf_keys):
                 report.missing.append(name)
+                report.missing_files_keys[name] = [k for k in hf_keys if k not in hf_state]
                 continue
             value = torch.cat([hf_state[k] for k in hf_keys]) if len(hf_keys) > 1 else hf_state[hf_keys[0]]
             if value.shape != param.shape:
@@ -188,10 +190,14 @@ def load_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source
 
 
 def _shape_error(name, hf_key, got, want, config: BertConfig, source: str) -> BertkitError:
-    if name.endswith("embeddings.word.weight"):
+    if name.endswith("embeddings.word.weight") and got[0] != config.vocab_size:
         return BertkitError(
             f"{source}: the word embedding matrix has {got[0]} rows but config.json says vocab_size={config.vocab_size}",
             hint=f"set vocab_size to {got[0]} in config.json, or use the config that came with these weights")
+    if name.endswith("embeddings.word.weight") and got[0] == config.vocab_size:  # the width disagrees
+        return BertkitError(f"{source}: the word embeddings are {got[1]} wide but config.json says "
+                            f"hidden_size={config.hidden_size}",
+                            hint="config.json does not describe these weights: use the config saved with them")
     return BertkitError(f"{source}: tensor {hf_key} has shape {list(got)}, the config expects {list(want)}",
                         hint="config.json does not describe these weights: use the config saved with them")
 
@@ -218,7 +224,17 @@ class PretrainedMixin:
         config.__post_init__()
         hf_state = read_weights(directory, allow_pickle)
         model = cls(config)
-        model.load_report = load_state(model, hf_state, source=os.path.join(directory, WEIGHTS_NAME))
+        source = os.path.join(directory, WEIGHTS_NAME)
+        model.load_report = load_state(model, hf_state, source=source)
+        # A task head or a pooler may be new; the encoder itself never is: a missing encoder weight means a
+        # damaged or foreign file, and a model that would silently run with random layers.
+        encoder = [n for n in model.load_report.missing
+                   if (n.startswith("bert.") or not hasattr(model, "bert")) and ".pooler." not in f".{n}"]
+        if encoder:
+            keys = [k for n in encoder for k in model.load_report.missing_files_keys[n]]
+            raise BertkitError(f"{source}: the encoder weights {', '.join(keys[:3])}"
+                               f"{f' (and {len(keys) - 3} more)' if len(keys) > 3 else ''} are missing",
+                               hint="the file is damaged or not a BERT checkpoint; restore it from the original")
         if model.load_report.missing or model.load_report.unused:
             log.info("%s from %s: %s", cls.__name__, directory, model.load_report)
         return model

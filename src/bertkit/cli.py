@@ -283,8 +283,15 @@ def seed_int(text: str) -> int:
     return value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error: what is wrong and where to look, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bertkit", description="BERT end to end: pre-train, fine-tune, use.")
+    parser = OneLineParser(prog="bertkit", description="BERT end to end: pre-train, fine-tune, use.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is loaded and skipped")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -469,9 +476,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_lists(argv: list[str]) -> list[str]:
+    """`--layers -1,-2` as `--layers=-1,-2`: argparse takes a value that starts with "-" for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--layers" and arg.startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"--layers={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_negative_lists(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         args.func(args)

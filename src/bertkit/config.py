@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,12 @@ class BertConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if not _type_ok(value, int) or value < 1:
+                raise BertkitError(f"{name} must be a positive integer, got {value!r}",
+                                   hint="fix the value in the config file")
         if self.hidden_size % self.num_attention_heads:
             raise BertkitError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -105,12 +112,18 @@ class BertConfig:
             )
         kwargs.setdefault("intermediate_size", 4 * d["hidden_size"])
         if "id2label" in kwargs and kwargs["id2label"] is not None:
+            if not all(re.fullmatch(r"\d+", str(k)) for k in kwargs["id2label"]):
+                raise BertkitError(f"{source}: id2label keys must be label indices 0, 1, ..., got "
+                                   f"{list(kwargs['id2label'])[:5]}", hint="fix id2label in the config file")
             kwargs["id2label"] = {int(k): v for k, v in kwargs["id2label"].items()}
             if d.get("num_labels") is None and len(kwargs["id2label"]) == 2 and _default_labels(kwargs["id2label"]):
                 # HF writes LABEL_0/LABEL_1 for every model: that is no label information.
                 kwargs["id2label"] = None
         extra = {k: v for k, v in d.items() if k not in known and k not in _DERIVED}
-        return cls(**kwargs, extra=extra)
+        try:
+            return cls(**kwargs, extra=extra)
+        except BertkitError as e:  # a value out of range: name the file it came from
+            raise BertkitError(f"{source}: {e.message}", hint=e.hint) from None
 
     def save(self, path: str) -> None:
         from bertkit.files import atomic_write_text

@@ -55,22 +55,16 @@ class Pipeline:
     def from_pretrained(cls, directory: str, device: str | torch.device | None = None, precision: str = "fp32",
                         batch_size: int = 64) -> Pipeline:
         """A fine-tuned directory (any HuggingFace BERT with a task head, or one written by `bertkit finetune`)."""
-        import os
-
         from bertkit.checkpoint import load_model
         from bertkit.tokenizer import Tokenizer
-        from bertkit.train.finetune import TASK_FILE, default_device
+        from bertkit.train.finetune import default_device, read_task_settings
 
         model = load_model(directory)
         if type(model).__name__ not in TASK_OF_HEAD:
             raise BertkitError(f"{directory}: a {type(model).__name__} has no task head",
                                hint="pass a fine-tuned directory (bertkit finetune --out), e.g. one with "
                                     "BertForSequenceClassification in config.json's architectures")
-        settings = {}
-        if os.path.isfile(os.path.join(directory, TASK_FILE)):
-            from bertkit.files import json_object, read_text
-
-            settings = json_object(os.path.join(directory, TASK_FILE), 1, read_text(os.path.join(directory, TASK_FILE)))
+        settings = read_task_settings(directory)
         model.to(device or default_device())
         return cls(model, Tokenizer.from_pretrained(directory), settings, precision, batch_size)
 

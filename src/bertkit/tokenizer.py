@@ -108,6 +108,9 @@ def _read_json(path: Path) -> dict:
 
 def _resolve_lowercase(found: bool | None, requested: bool | None, source: object) -> bool:
     """The file's lowercase flag wins; an argument that contradicts it is an error, not a silent override."""
+    if found is not None and not isinstance(found, bool):
+        raise BertkitError(f"{source}: do_lower_case / lowercase should be true or false, got {found!r}",
+                           hint="fix the value in the file")
     if found is None:
         return True if requested is None else requested
     if requested is not None and requested != found:

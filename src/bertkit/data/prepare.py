@@ -253,6 +253,18 @@ def load_manifest(directory: str) -> dict:
         raise BertkitError(f"{path}: prepared-data version {manifest.get('version')}; "
                            f"this bertkit reads version {VERSION}",
                            hint="re-create it with this version's `bertkit prepare`")
+    damaged = "the directory is damaged; re-create it with `bertkit prepare`"
+    for name, kind in (("dtype", str), ("splits", dict), ("tokenizer_fingerprint", str), ("vocab_size", int)):
+        if not isinstance(manifest.get(name), kind):
+            raise BertkitError(f"{path}: field {name!r} is missing or not a {kind.__name__}", hint=damaged)
+    if manifest["dtype"] not in ("uint16", "uint32"):
+        raise BertkitError(f"{path}: unknown token dtype {manifest['dtype']!r} (expected uint16 or uint32)",
+                           hint=damaged)
+    for split, counts in manifest["splits"].items():
+        if not (isinstance(counts, dict) and all(isinstance(counts.get(k), int) and counts[k] >= 0
+                                                 for k in ("tokens", "sentences", "documents"))):
+            raise BertkitError(f"{path}: split {split!r} lacks its token, sentence and document counts",
+                               hint=damaged)
     itemsize = np.dtype(manifest["dtype"]).itemsize
     for split, counts in manifest["splits"].items():
         for name, entries, size in (("tokens.bin", counts["tokens"], itemsize),

@@ -33,6 +33,17 @@ MASK_PROB = 0.15  # share of tokens the model predicts (BERT paper, section 3.1)
 NSP_RANDOM_PROB = 0.5  # share of pairs whose B is a random sentence run (section 3.1, "Task #2")
 
 
+def _check_offsets(path: str, offsets: np.ndarray, end: int | None = None) -> None:
+    """Offsets start at 0, never decrease, and (document_starts) end at the sentence count: a damaged
+    array would otherwise send sampling out of range or into an endless search."""
+    bad = (len(offsets) == 0 or offsets[0] != 0 or bool(np.any(np.diff(offsets) < 0))
+           or (end is not None and offsets[-1] != end))
+    if bad:
+        raise BertkitError(f"{path}: offsets are damaged (they must start at 0, never decrease"
+                           f"{', and end at the sentence count' if end is not None else ''})",
+                           hint="re-create the directory with `bertkit prepare`")
+
+
 class PreparedCorpus:
     """The `split` of one or more prepared directories, concatenated: documents, sentences, tokens.
 
@@ -61,6 +72,8 @@ class PreparedCorpus:
         for d in self.dirs:
             starts = _read(os.path.join(d, split, "sentence_starts.bin"), np.int64)
             documents = _read(os.path.join(d, split, "document_starts.bin"), np.int64)
+            _check_offsets(os.path.join(d, split, "sentence_starts.bin"), starts)
+            _check_offsets(os.path.join(d, split, "document_starts.bin"), documents, end=len(starts) - 1)
             sentence_starts.append(starts[:-1] + tokens)
             document_starts.append(documents[:-1] + sentences)
             tokens += int(starts[-1])

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -179,7 +180,8 @@ def _check_field_count(path: str, number: int, fields: list[str], expected: int)
 
 def _column_index(path: str, header: list[str], name: str) -> int:
     if name not in header:
-        raise BertkitError(f"{path}: line 1: the header has no column {name!r}; found {header}",
+        raise BertkitError(f"{path}: line 1: the header has no column {reprlib.repr(name)}; found "
+                           f"{reprlib.repr(header)}",  # (a shortened echo: a header can be a 10 MB line)
                            hint="is this the right file for the task?")
     return header.index(name)
 

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import reprlib
 import statistics
 import sys
 import time
@@ -407,10 +408,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise BertkitError(f"{files['train']}: no usable training examples", hint="check the file's contents")
     data = dict(kind=spec.kind, metric=spec.metric, labels=label_list, train=train_feats,
                 dev_examples=dev_examples, dev=dev_feats)
-    from bertkit.checkpoint import CONFIG_NAME
-    from bertkit.config import BertConfig
-
-    check_length(cfg, spec.kind, BertConfig.load(os.path.join(cfg.model, CONFIG_NAME)).max_position_embeddings)
+    # the model loads (config and weights are sound) and takes --max-seq-len, before anything is written
+    check_length(cfg, spec.kind, _load_model(spec.kind, cfg.model, label_list).config.max_position_embeddings)
     device = default_device()
     os.makedirs(cfg.out, exist_ok=True)  # everything is validated: now the run writes
     atomic_write_json(os.path.join(cfg.out, CONFIG_FILE), dataclasses.asdict(cfg))
@@ -483,11 +482,7 @@ def load_finetuned(model_dir: str, task: str):
 
     if task not in TASKS:
         raise BertkitError(f"unknown --task {task!r}", hint=f"choose one of: {', '.join(TASKS)}")
-    settings_path = os.path.join(model_dir, TASK_FILE)
-    settings = {}
-    if os.path.isfile(settings_path):
-        with open(settings_path, encoding="utf-8") as f:
-            settings = json.load(f)
+    settings = read_task_settings(model_dir)
     model = load_model(model_dir)
     kind = TASKS[task].kind
     if type(model).__name__ != HEADS[kind]:
@@ -502,6 +497,34 @@ def load_finetuned(model_dir: str, task: str):
     if labels is None and kind == "classification" and TASKS[task].labels:
         labels = list(TASKS[task].labels)  # a classifier saved without label names: the task's own list
     return model, Tokenizer.from_pretrained(model_dir), settings, labels
+
+
+def read_task_settings(model_dir: str) -> dict:
+    """MODEL_DIR/bertkit_task.json (the settings a directory was fine-tuned with), checked; {} when absent."""
+    from bertkit.files import read_text
+
+    path = os.path.join(model_dir, TASK_FILE)
+    if not os.path.isfile(path):
+        return {}
+    hint = "fix the file, or delete it to use the defaults"
+    try:
+        settings = json.loads(read_text(path))
+    except ValueError as e:
+        raise BertkitError(f"{path}: invalid JSON ({e})", hint=hint) from None
+    if not isinstance(settings, dict):
+        raise BertkitError(f"{path}: expected a JSON object", hint=hint)
+    for name in ("max_seq_len", "doc_stride", "max_query_len"):
+        value = settings.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise BertkitError(f"{path}: {name} should be a positive integer or null, got {value!r}", hint=hint)
+    threshold = settings.get("null_threshold")
+    if threshold is not None and (not isinstance(threshold, (int, float)) or isinstance(threshold, bool)):
+        raise BertkitError(f"{path}: null_threshold should be a number, got {threshold!r}", hint=hint)
+    labels = settings.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise BertkitError(f"{path}: labels should be a list of strings or null, got {reprlib.repr(labels)}",
+                           hint=hint)
+    return settings
 
 
 def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
