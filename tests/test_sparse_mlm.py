@@ -54,3 +54,57 @@ def test_loss_is_the_mean_over_chosen_positions_only():
     torch.testing.assert_close(out.mlm_loss, expected, atol=1e-6, rtol=0)
     assert out.mlm_logits.shape == (int(chosen.sum()), 211)
     assert out.mlm_targets.tolist() == b["labels"][chosen].tolist()
+
+
+def padded_batch():
+    """Sequences of lengths 16, 11, 5, 1: a quarter of every layer's rows would otherwise be padding."""
+    b = batch()
+    for row, n in enumerate([16, 11, 5, 1]):
+        b["attention_mask"][row] = 0
+        b["attention_mask"][row, :n] = 1
+        b["labels"][row, n:] = IGNORE_INDEX
+        b["input_ids"][row, n:] = 0
+    b["labels"][3, 0] = 7  # the one-token sample predicts something too
+    b["token_type_ids"] = (torch.arange(16) >= 3).long().expand(4, 16) * b["attention_mask"]
+    return b
+
+
+def test_unpadded_encoder_equals_padded():
+    """The unpadded path (linear maps on the real tokens only, attention in (B, T) layout) gives the padded
+    reference path's outputs at every real position, and its loss and every gradient."""
+    from bertkit.model import BertForMaskedLM, BertModel
+
+    b = padded_batch()
+    real = b["attention_mask"].bool()
+    torch.manual_seed(0)
+    encoder = BertModel(CFG)
+    args = (b["input_ids"], b["token_type_ids"], b["attention_mask"])
+    padded, unpadded = encoder(*args), encoder(*args, unpad=True)
+    torch.testing.assert_close(unpadded.last_hidden_state[real], padded.last_hidden_state[real], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(unpadded.pooler_output, padded.pooler_output, atol=1e-6, rtol=1e-5)
+    assert unpadded.last_hidden_state[~real].abs().max() == 0  # nothing was computed there
+    for cls in (BertForPreTraining, BertForMaskedLM):
+        results = []
+        for unpad in (False, True):
+            torch.manual_seed(0)
+            model = cls(CFG, unpad=unpad)
+            out = model(**{k: v for k, v in b.items() if cls is BertForPreTraining or k != "next_sentence_label"})
+            out.loss.backward()
+            results.append((out, {n: p.grad for n, p in model.named_parameters()}))
+        (ref, ref_grads), (fast, fast_grads) = results
+        torch.testing.assert_close(fast.loss, ref.loss, atol=1e-6, rtol=0)
+        torch.testing.assert_close(fast.mlm_logits, ref.mlm_logits, atol=1e-5, rtol=1e-5)
+        for name in ref_grads:
+            torch.testing.assert_close(fast_grads[name], ref_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_unpadding_is_used_only_for_losses():
+    """Without labels (fill-mask, feature extraction) the full padded outputs come back, as transformers'."""
+    b = padded_batch()
+    torch.manual_seed(0)
+    model = BertForPreTraining(CFG).eval()
+    with torch.no_grad():
+        logits = model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).mlm_logits
+        model.unpad = False
+        assert torch.equal(model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).mlm_logits, logits)
+    assert logits[~b["attention_mask"].bool()].abs().sum() > 0

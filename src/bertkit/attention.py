@@ -15,6 +15,7 @@ import json
 import numpy as np
 import torch
 
+from bertkit.device import to_device
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write, atomic_write_text
 
@@ -29,7 +30,7 @@ def attention_maps(model, tokenizer, text: str, pair: str | None = None) -> tupl
         raise BertkitError(f"the text is longer than the model's {positions} positions", hint="shorten it")
     model.eval()
     device = next(model.parameters()).device
-    out = model(**{k: v.to(device) for k, v in batch.items()}, output_attentions=True)
+    out = model(**to_device(batch, device), output_attentions=True)
     probs = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()  # (L, H, T, T)
     return tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist()), probs
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bertkit.device import to_device
 from bertkit.errors import BertkitError
 
 POOLINGS = ("mean", "cls", "max")
@@ -43,7 +44,7 @@ def run_features(model, features: Sequence[dict], pad_token_id: int, batch_size:
     out: list = [None] * len(features)
     for indices in length_grouped_batches([feature_length(f) for f in features], batch_size):
         batch = collate([features[i] for i in indices], pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
+        batch = to_device(batch, device, keys=("input_ids", "token_type_ids", "attention_mask"))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             result = model(**batch)
         if result.logits is not None:
@@ -123,7 +124,7 @@ def encode_layers(model, tokenizer, texts: Sequence[str], layers: Sequence[int] 
     batches = list(length_grouped_batches([len(f["input_ids"]) for f in features], batch_size))
     for indices in tqdm(batches, desc="embed", unit="batch", disable=not show_progress):
         chosen = [features[i] for i in indices]
-        batch = {k: v.to(device) for k, v in collate(chosen, tokenizer.pad_token_id).items()}
+        batch = to_device(collate(chosen, tokenizer.pad_token_id), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = model(**batch, output_hidden_states=not only_last)
         if only_last:
@@ -182,7 +183,7 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[st
     top_k = min(top_k, model.config.vocab_size)
     model.eval()
     device = next(model.parameters()).device
-    logits = model(**{k: v.to(device) for k, v in batch.items()}).mlm_logits[0, masks]  # (masks, V)
+    logits = model(**to_device(batch, device)).mlm_logits[0, masks]  # (masks, V)
     probs, ids = logits.float().softmax(-1).topk(top_k, dim=-1)
     return [[(tokenizer.convert_ids_to_tokens(int(i)), float(p)) for p, i in zip(ps, is_)]
             for ps, is_ in zip(probs, ids)]

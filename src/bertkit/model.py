@@ -58,6 +58,22 @@ class Embeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
+class Unpadded:
+    """Where the real tokens of a padded (B, T) batch are. With it, a layer's linear maps, LayerNorms and
+    dropout run on the N real tokens only, (N, H), and attention alone puts them back in (B, T) layout
+    (zeros at padding, which the key mask hides). No compute is spent on padding outside attention."""
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.B, self.T = attention_mask.shape
+        self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) positions in the flattened batch
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:  # (N, C) -> (B, T, C), zeros at padding
+        return x.new_zeros(self.B * self.T, x.shape[-1]).index_copy(0, self.index, x).view(self.B, self.T, -1)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (N, C)
+        return x.reshape(self.B * self.T, -1).index_select(0, self.index)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention. Query, key and value come from one fused projection (one GEMM)."""
 
@@ -68,9 +84,13 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, return_probs: bool = False):
-        B, T, H = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, return_probs: bool = False,
+                layout: Unpadded | None = None):
+        qkv = self.qkv(x)  # (B, T, 3H), or (N, 3H) unpadded
+        if layout is not None:
+            qkv = layout.pad(qkv)
+        B, T, H = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        q, k, v = qkv.view(B, T, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
         dropout_p = self.dropout_p if self.training else 0.0
         if return_probs:
             # Reference path: the explicit softmax, used when the caller wants the attention maps.
@@ -83,6 +103,8 @@ class SelfAttention(nn.Module):
             probs = None
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        if layout is not None:
+            y = layout.unpad(y)  # (N, H)
         return self.out(y), probs
 
 
@@ -108,8 +130,9 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, return_probs: bool = False):
-        a, probs = self.attention(x, mask, return_probs)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, return_probs: bool = False,
+                layout: Unpadded | None = None):
+        a, probs = self.attention(x, mask, return_probs, layout)
         x = self.attention_norm(x + self.dropout(a))
         x = self.ffn_norm(x + self.dropout(self.ffn(x)))
         return x, probs
@@ -141,6 +164,7 @@ class BertModel(PretrainedMixin, nn.Module):
         attention_mask: torch.Tensor | None = None,  # (B, T) 1 for tokens, 0 for padding
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        unpad: bool = False,  # skip padding between layers; its outputs are then zeros (see Unpadded)
     ) -> EncoderOutput:
         x = self.embeddings(input_ids, token_type_ids)
         mask = None
@@ -148,14 +172,20 @@ class BertModel(PretrainedMixin, nn.Module):
         # test would break the graph, so there the mask is always applied.
         if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True where a key may be attended
+        layout = None
+        if unpad and mask is not None and not (output_hidden_states or output_attentions):
+            layout = Unpadded(attention_mask)
+            x = layout.unpad(x)  # (N, H)
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for layer in self.layers:
-            x, probs = layer(x, mask, output_attentions)
+            x, probs = layer(x, mask, output_attentions, layout)
             if output_hidden_states:
                 hidden_states.append(x)
             if output_attentions:
                 attentions.append(probs)
+        if layout is not None:
+            x = layout.pad(x)  # (B, T, H)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         return EncoderOutput(x, pooled, tuple(hidden_states) if hidden_states else None,
                              tuple(attentions) if attentions else None)
@@ -210,6 +240,12 @@ def masked_lm_loss(head: MaskedLMHead, hidden: torch.Tensor, labels: torch.Tenso
     return loss, logits, targets
 
 
+def _unpad(enabled: bool, labels) -> bool:
+    """Skip padding only when computing the loss (the outputs at padding are then zeros, and nothing reads
+    them), and not under torch.compile, where the data-dependent token count would break the graph."""
+    return enabled and labels is not None and not torch.compiler.is_compiling()
+
+
 @dataclass
 class PreTrainingOutput:
     loss: torch.Tensor | None = None  # mlm_loss + nsp_loss
@@ -223,13 +259,14 @@ class PreTrainingOutput:
 class BertForPreTraining(PretrainedMixin, nn.Module):
     """Encoder + MLM head + NSP head (a 2-way classifier on the pooled [CLS] output)."""
 
-    def __init__(self, config: BertConfig, sparse_mlm: bool = True):
+    def __init__(self, config: BertConfig, sparse_mlm: bool = True, unpad: bool = True):
         super().__init__()
         self.config = config
         self.bert = BertModel(config)
         self.mlm = MaskedLMHead(config, self.bert.embeddings.word)
         self.nsp = nn.Linear(config.hidden_size, 2)
         self.sparse_mlm = sparse_mlm
+        self.unpad = unpad  # with labels, the losses never read padding: the encoder may skip it
         for m in (self.mlm, self.nsp):
             m.apply(lambda m: init_weights(m, config.initializer_range))
 
@@ -237,7 +274,7 @@ class BertForPreTraining(PretrainedMixin, nn.Module):
                 next_sentence_label=None) -> PreTrainingOutput:
         """labels: (B, T) original ids at the chosen positions, IGNORE_INDEX elsewhere.
         next_sentence_label: (B,) 0 IsNext, 1 NotNext; None skips the NSP loss (e.g. --objective none)."""
-        enc = self.bert(input_ids, token_type_ids, attention_mask)
+        enc = self.bert(input_ids, token_type_ids, attention_mask, unpad=_unpad(self.unpad, labels))
         out = PreTrainingOutput(nsp_logits=self.nsp(enc.pooler_output))
         if labels is None:
             out.mlm_logits = self.mlm(enc.last_hidden_state)
@@ -254,16 +291,18 @@ class BertForPreTraining(PretrainedMixin, nn.Module):
 class BertForMaskedLM(PretrainedMixin, nn.Module):
     """Encoder + MLM head, no pooler (as HF's BertForMaskedLM): fill-mask and MLM-only training."""
 
-    def __init__(self, config: BertConfig, sparse_mlm: bool = True):
+    def __init__(self, config: BertConfig, sparse_mlm: bool = True, unpad: bool = True):
         super().__init__()
         self.config = config
         self.bert = BertModel(config, add_pooler=False)
         self.mlm = MaskedLMHead(config, self.bert.embeddings.word)
         self.mlm.apply(lambda m: init_weights(m, config.initializer_range))
         self.sparse_mlm = sparse_mlm
+        self.unpad = unpad
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> PreTrainingOutput:
-        hidden = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state
+        hidden = self.bert(input_ids, token_type_ids, attention_mask,
+                           unpad=_unpad(self.unpad, labels)).last_hidden_state
         if labels is None:
             return PreTrainingOutput(mlm_logits=self.mlm(hidden))
         loss, logits, targets = masked_lm_loss(self.mlm, hidden, labels, self.sparse_mlm)

@@ -57,7 +57,8 @@ class Pipeline:
         """A fine-tuned directory (any HuggingFace BERT with a task head, or one written by `bertkit finetune`)."""
         from bertkit.checkpoint import load_model
         from bertkit.tokenizer import Tokenizer
-        from bertkit.train.finetune import default_device, read_task_settings
+        from bertkit.device import default_device
+        from bertkit.train.finetune import read_task_settings
 
         model = load_model(directory)
         if type(model).__name__ not in TASK_OF_HEAD:

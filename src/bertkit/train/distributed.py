@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from bertkit.device import default_device
+
 
 @dataclass
 class World:
@@ -33,8 +35,7 @@ class World:
 
 def setup(device: str | None = None) -> World:
     """Join the process group torchrun describes (if any) and pick this rank's device."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device(device).type
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

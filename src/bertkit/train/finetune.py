@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from bertkit.device import default_device, to_device
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write_json, atomic_write_text, check_output_dir
 from bertkit.inference import feature_length
@@ -129,10 +130,6 @@ def encode(kind: str, examples, tokenizer, cfg: FinetuneConfig, label_list, trai
         feats = F.encode_squad(examples, tokenizer, max_len, cfg.doc_stride, cfg.max_query_len, training=training)
         return feats, 0
     return F.encode_choices(examples, tokenizer, max_len)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def check_length(cfg: FinetuneConfig, kind: str, positions: int) -> None:
@@ -290,7 +287,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
         for indices in epoch_batches[offset:]:
             if step >= total:
                 break
-            batch = {k: v.to(device) for k, v in collate([train_feats[i] for i in indices], pad).items()}
+            batch = to_device(collate([train_feats[i] for i in indices], pad), device)
             set_lr(optimizer, cfg.lr * warmup_linear(step, max(1, warmup), total))
             torch.manual_seed(seed * 1_000_003 + step)  # dropout: a function of the step, so a resume repeats it
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):

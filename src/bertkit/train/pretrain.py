@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from bertkit.config import BertConfig, preset
+from bertkit.device import to_device
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write_json, check_output_dir
 from bertkit.model import BertForPreTraining
@@ -150,10 +151,6 @@ def micro_batches(order: np.ndarray, offset: int, cfg: PretrainConfig, world: di
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 @torch.no_grad()
