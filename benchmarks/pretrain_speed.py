@@ -1,7 +1,10 @@
 """Pre-training step speed, bertkit vs `transformers.BertForPreTraining`, side by side in one process.
 
     python benchmarks/pretrain_speed.py [--config mini|base] [--steps N] [--batch-size B] [--seq-len T]
-                                        [--json PATH] [--profile]
+                                        [--json PATH] [--profile] [--reference-paths]
+
+Runs on CUDA when a GPU is present (TF32 matmuls on for both libraries, as bertkit sets them), else on
+the CPU; the table names the device.
 
 Both models start from the same weights (bertkit's are saved with `save_pretrained` and loaded into
 transformers) and train on the same batches, built by bertkit's own pipeline from real text: the
@@ -9,7 +12,9 @@ Python-docs corpus, prepared with the real uncased BERT vocabulary (30522 tokens
 NSP pairs with 80/10/10 masking, padded to the longest sample of each batch.
 
 One step = forward with MLM labels and NSP label, backward, clip_grad_norm_(1.0), AdamW step, zero_grad.
-Variants: each library in fp32 and under torch.autocast("cpu", bfloat16). Each variant runs 2 warm-up
+Variants: each library in fp32 and under torch.autocast(bfloat16). `--reference-paths` adds bertkit bf16
+with its plain reference paths (padded encoder, MLM decoded at every position), to show what the fast
+paths (unpadding, sparse MLM) are worth. Each variant runs 2 warm-up
 steps, then `--rounds` rounds of `--steps` timed steps; rounds alternate between variants so that
 background load hits them alike, and the best round of each variant is reported.
 
@@ -50,11 +55,26 @@ from bertkit.config import preset  # noqa: E402
 from bertkit.data.prepare import prepare  # noqa: E402
 from bertkit.data.pretraining import PreparedCorpus, PretrainingDataset, collate  # noqa: E402
 from bertkit.demo import python_docs_corpus  # noqa: E402
+from bertkit.device import default_device, to_device  # noqa: E402
 from bertkit.model import BertForPreTraining  # noqa: E402
 from bertkit.tokenizer import Tokenizer  # noqa: E402
 
 VOCAB_SIZE = 30522  # the real BERT uncased vocabulary
 VARIANTS = [("bertkit", "fp32"), ("bertkit", "bf16"), ("hf", "fp32"), ("hf", "bf16")]
+
+
+DEVICE = default_device()
+
+
+def machine() -> str:
+    if DEVICE.type == "cuda":
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def cpu_model() -> str:
@@ -73,22 +93,26 @@ def make_batches(work: str, seq_len: int, batch_size: int, n_batches: int) -> li
     dataset = PretrainingDataset.from_tokenizer(PreparedCorpus([prepared]), tokenizer, seq_len=seq_len,
                                                 objective="nsp", seed=0)
     order = random.Random(0).sample(range(len(dataset)), n_batches * batch_size)
-    return [collate([dataset[i] for i in order[b * batch_size:(b + 1) * batch_size]], tokenizer.pad_token_id)
-            for b in range(n_batches)]
+    return [to_device(collate([dataset[i] for i in order[b * batch_size:(b + 1) * batch_size]],
+                              tokenizer.pad_token_id), DEVICE) for b in range(n_batches)]
 
 
-def build_models(config_name: str, work: str):
+def build_models(config_name: str, work: str, reference_paths: bool):
     config = preset(config_name, vocab_size=VOCAB_SIZE)  # dropout 0.1, exact gelu: the paper's settings
     torch.manual_seed(0)
     ours = BertForPreTraining(config)
     ours.save_pretrained(os.path.join(work, "model"))
+    models = {"bertkit": ours}
+    if reference_paths:
+        models["bertkit-reference"] = BertForPreTraining(config, sparse_mlm=False, unpad=False)
+        models["bertkit-reference"].load_state_dict(ours.state_dict())
     hf_config = transformers.BertConfig(
         vocab_size=VOCAB_SIZE, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
         hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
         max_position_embeddings=config.max_position_embeddings, layer_norm_eps=config.layer_norm_eps)
-    hf = transformers.BertForPreTraining.from_pretrained(os.path.join(work, "model"), config=hf_config)
-    return config, {"bertkit": ours, "hf": hf}
+    models["hf"] = transformers.BertForPreTraining.from_pretrained(os.path.join(work, "model"), config=hf_config)
+    return config, {name: model.to(DEVICE) for name, model in models.items()}
 
 
 def model_flops(config, batch: dict, layer_params: int) -> float:
@@ -100,20 +124,23 @@ def model_flops(config, batch: dict, layer_params: int) -> float:
             + 6 * (H * H + H * V) * n_masked)
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best GFLOP/s of an n x n @ n x n torch.mm in `dtype`."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n x n @ n x n torch.mm in `dtype` (n = 2048 on CPU, 8192 on a GPU)."""
+    n = 8192 if DEVICE.type == "cuda" else 2048
+    a, b = torch.randn(n, n, dtype=dtype, device=DEVICE), torch.randn(n, n, dtype=dtype, device=DEVICE)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best / 1e9
 
 
 def train_step(model, optimizer, batch: dict, precision: str) -> None:
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     with autocast:
         loss = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
                      attention_mask=batch["attention_mask"], labels=batch["labels"],
@@ -138,9 +165,12 @@ def eval_losses(models: dict, batch: dict) -> dict[str, float]:
 def profile_step(model, optimizer, batch: dict, precision: str, rows: int = 8) -> str:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         train_step(model, optimizer, batch, precision)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+        sync()
+    key = "self_cuda_time_total" if DEVICE.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
 def main() -> None:
@@ -154,35 +184,40 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12, help="distinct batches, cycled")
     parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "pretrain_speed.json"))
     parser.add_argument("--profile", action="store_true", help="print a profile of one bertkit bf16 step")
+    parser.add_argument("--reference-paths", action="store_true",
+                        help="also time bertkit bf16 with the padded encoder and the dense MLM head")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
+    variants = VARIANTS + ([("bertkit-reference", "bf16")] if args.reference_paths else [])
 
     with tempfile.TemporaryDirectory() as work:
         batches = make_batches(work, args.seq_len, args.batch_size, args.batches)
-        config, models = build_models(args.config, work)
+        config, models = build_models(args.config, work, args.reference_paths)
     losses = eval_losses(models, batches[0])
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
     layer_params = sum(p.numel() for p in models["bertkit"].bert.layers.parameters())
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     load_before = os.getloadavg()
 
-    for lib, precision in VARIANTS:
+    for lib, precision in variants:
         for i in range(args.warmup):
             train_step(models[lib], optimizers[lib], batches[i % len(batches)], precision)
-    rounds = {v: [] for v in VARIANTS}  # (seconds, tokens, flops) per round
+    rounds = {v: [] for v in variants}  # (seconds, tokens, flops) per round
     for r in range(args.rounds):
         indices = [(args.warmup + r * args.steps + s) % len(batches) for s in range(args.steps)]
         tokens = sum(int(batches[i]["attention_mask"].sum()) for i in indices)
         flops = sum(model_flops(config, batches[i], layer_params) for i in indices)
-        for lib, precision in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+        for lib, precision in variants if r % 2 == 0 else variants[::-1]:
+            sync()
             start = time.perf_counter()
             for i in indices:
                 train_step(models[lib], optimizers[lib], batches[i], precision)
+            sync()
             rounds[(lib, precision)].append((time.perf_counter() - start, tokens, flops))
     load_after = os.getloadavg()
 
     results = {}
-    for lib, precision in VARIANTS:
+    for lib, precision in variants:
         seconds, tokens, flops = max(rounds[(lib, precision)], key=lambda t: t[1] / t[0])
         results[f"{lib} {precision}"] = {
             "tokens_per_s": tokens / seconds, "ms_per_step": 1e3 * seconds / args.steps,
@@ -197,7 +232,7 @@ def main() -> None:
     mean_len = sum(float(b["attention_mask"].sum()) for b in batches) / (len(batches) * args.batch_size)
     print(f"# Pre-training step: bertkit vs transformers.BertForPreTraining ({args.config})\n")
     print(f"- command: `{command}`")
-    print(f"- CPU: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads; "
+    print(f"- device: {machine()}; "
           f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"- torch {torch.__version__}, transformers {transformers.__version__}, "
           f"HF attention: {models['hf'].config._attn_implementation}")
@@ -218,7 +253,7 @@ def main() -> None:
 
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"command": command, "config": args.config, "cpu": cpu_model(), "cores": os.cpu_count(),
+        json.dump({"command": command, "config": args.config, "device": machine(), "cores": os.cpu_count(),
                    "threads": torch.get_num_threads(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
                    "torch": torch.__version__, "transformers": transformers.__version__,
                    "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps,
