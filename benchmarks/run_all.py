@@ -21,9 +21,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 SUITE = [
-    ("Pre-training step, mini", ["pretrain_speed.py"], ["--steps", "2", "--rounds", "1"]),
+    ("Pre-training step, mini", ["pretrain_speed.py", "--reference-paths"], ["--steps", "2", "--rounds", "1"]),
     ("Pre-training step, base", ["pretrain_speed.py", "--config", "base", "--steps", "3", "--batch-size", "8",
-                                 "--json", os.path.join(HERE, "results", "pretrain_speed_base.json")],
+                                 "--reference-paths", "--json", os.path.join(HERE, "results", "pretrain_speed_base.json")],
      ["--steps", "1", "--rounds", "1"]),
     ("Fine-tuning vs Trainer (SST-2)", ["finetune_vs_trainer.py"], ["--examples", "256", "--seeds", "1"]),
     ("Sentence embeddings vs sentence-transformers", ["embed_speed.py"], ["--rounds", "1"]),
