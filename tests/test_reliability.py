@@ -2,10 +2,12 @@
 cleanly, non-finite steps are skipped and counted, a failed checkpoint write keeps the previous one, a
 damaged checkpoint is named, and `prepare` streams a corpus far larger than it keeps in memory."""
 
+import contextlib
 import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,16 +264,34 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(prepared, tmp_pat
     assert (run / "model" / "model.safetensors").exists()
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores directory permissions")
+@contextlib.contextmanager
+def read_only(directory):
+    """Nothing can be created in `directory`: mode 555, or for root (whom permissions do not stop) the
+    immutable attribute, where the file system has it."""
+    if os.geteuid() != 0:
+        os.chmod(directory, 0o555)
+        try:
+            yield
+        finally:
+            os.chmod(directory, 0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", directory], capture_output=True).returncode:
+        pytest.skip("running as root, and chattr +i is not available here to make a directory read-only")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", directory], check=True)
+
+
 def test_read_only_checkpoint_directory(prepared, tmp_path):
     run = tmp_path / "run"
     run_cli(*pretrain_args(prepared, run, "--stop-at", 3))
-    os.chmod(run / "checkpoints", 0o555)
-    try:
+    with read_only(run / "checkpoints"):
         proc = run_cli(*pretrain_args(prepared, run, "--resume"), check=False)
-    finally:
-        os.chmod(run / "checkpoints", 0o755)
-    assert_one_line_error(proc, "could not write checkpoint", "previous checkpoint is intact")
+    assert proc.returncode == 2, proc.stderr
+    resumed, error = proc.stderr.strip().splitlines()  # "resuming from ...", then the one-line error
+    assert resumed.startswith("resuming from") and "could not write checkpoint" in error, proc.stderr
+    assert "previous checkpoint is intact" in error and str(run / "checkpoints") in error, error
     assert os.listdir(run / "checkpoints") == ["step-00000003"]
 
 

@@ -60,8 +60,8 @@ def save_checkpoint(run_dir: str, step: int, model, tokenizer, optimizer, traine
     final = os.path.join(root, f"step-{step:08d}")
     tmp = os.path.join(root, f".step-{step:08d}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     try:
+        os.makedirs(tmp)  # inside the try: a read-only or full checkpoints directory fails right here
         model.save_pretrained(os.path.join(tmp, "model"))
         tokenizer.save_pretrained(os.path.join(tmp, "model"),
                                   model_max_length=model.config.max_position_embeddings)
