@@ -61,16 +61,27 @@ class Embeddings(nn.Module):
 class Unpadded:
     """Where the real tokens of a padded (B, T) batch are. With it, a layer's linear maps, LayerNorms and
     dropout run on the N real tokens only, (N, H), and attention alone puts them back in (B, T) layout
-    (zeros at padding, which the key mask hides). No compute is spent on padding outside attention."""
+    (zeros at padding, which the key mask hides). No compute is spent on padding outside attention.
+
+    N is rounded up to a multiple of ROUND rows with copies of the first token: a handful of rows computed
+    for nothing, which never reach attention or the output (so they get no gradient), but the tensors then
+    come in a few sizes rather than a new one every batch, which the memory allocator reuses (with
+    exact sizes, glibc's heap fragments: a pre-training run's resident memory kept growing)."""
+
+    ROUND = 128
 
     def __init__(self, attention_mask: torch.Tensor):
         self.B, self.T = attention_mask.shape
-        self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) positions in the flattened batch
+        real = attention_mask.flatten().nonzero().squeeze(1)  # (N,) positions in the flattened batch
+        self.n = real.numel()
+        rows = -(-self.n // self.ROUND) * self.ROUND
+        self.index = torch.cat([real, real[:1].expand(rows - self.n)])  # (rows,)
 
-    def pad(self, x: torch.Tensor) -> torch.Tensor:  # (N, C) -> (B, T, C), zeros at padding
-        return x.new_zeros(self.B * self.T, x.shape[-1]).index_copy(0, self.index, x).view(self.B, self.T, -1)
+    def pad(self, x: torch.Tensor) -> torch.Tensor:  # (rows, C) -> (B, T, C), zeros at padding
+        out = x.new_zeros(self.B * self.T, x.shape[-1]).index_copy(0, self.index[:self.n], x[:self.n])
+        return out.view(self.B, self.T, -1)
 
-    def unpad(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (N, C)
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (rows, C)
         return x.reshape(self.B * self.T, -1).index_select(0, self.index)
 
 
@@ -86,7 +97,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, return_probs: bool = False,
                 layout: Unpadded | None = None):
-        qkv = self.qkv(x)  # (B, T, 3H), or (N, 3H) unpadded
+        qkv = self.qkv(x)  # (B, T, 3H), or (rows, 3H) unpadded
         if layout is not None:
             qkv = layout.pad(qkv)
         B, T, H = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
@@ -104,7 +115,7 @@ class SelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
         if layout is not None:
-            y = layout.unpad(y)  # (N, H)
+            y = layout.unpad(y)  # (rows, H)
         return self.out(y), probs
 
 
@@ -175,7 +186,7 @@ class BertModel(PretrainedMixin, nn.Module):
         layout = None
         if unpad and mask is not None and not (output_hidden_states or output_attentions):
             layout = Unpadded(attention_mask)
-            x = layout.unpad(x)  # (N, H)
+            x = layout.unpad(x)  # (rows, H)
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for layer in self.layers:
