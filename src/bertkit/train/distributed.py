@@ -35,15 +35,13 @@ class World:
 
 def setup(device: str | None = None) -> World:
     """Join the process group torchrun describes (if any) and pick this rank's device."""
-    device = default_device(device).type
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
+    dev = default_device(device)
+    if dev.type == "cuda":  # one GPU per rank
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
     return World(rank, world_size, local_rank, dev)
