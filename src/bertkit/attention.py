@@ -15,13 +15,14 @@ import json
 import numpy as np
 import torch
 
-from bertkit.device import to_device
+from bertkit.device import resolve_precision, to_device
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write, atomic_write_text
 
 
 @torch.inference_mode()
-def attention_maps(model, tokenizer, text: str, pair: str | None = None) -> tuple[list[str], np.ndarray]:
+def attention_maps(model, tokenizer, text: str, pair: str | None = None,
+                   precision: str = "auto") -> tuple[list[str], np.ndarray]:
     """The tokens of `[CLS] text [SEP] (pair [SEP])` and the attention probabilities, (layers, heads, T, T):
     row i is where token i looks, each row sums to 1."""
     positions = model.config.max_position_embeddings
@@ -30,7 +31,8 @@ def attention_maps(model, tokenizer, text: str, pair: str | None = None) -> tupl
         raise BertkitError(f"the text is longer than the model's {positions} positions", hint="shorten it")
     model.eval()
     device = next(model.parameters()).device
-    out = model(**to_device(batch, device), output_attentions=True)
+    with resolve_precision(precision, device).autocast(device):
+        out = model(**to_device(batch, device), output_attentions=True)
     probs = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()  # (L, H, T, T)
     return tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist()), probs
 

@@ -126,7 +126,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
                            "missing)", hint="use a pre-trained (BertForPreTraining / BertForMaskedLM) directory")
     tokenizer = Tokenizer.from_pretrained(args.model)
     for text in args.text:
-        predictions = fill_mask(model, tokenizer, text, args.top_k)
+        predictions = fill_mask(model, tokenizer, text, args.top_k, precision=args.precision)
         print(json.dumps({"text": text, "predictions": [
             [{"token": token, "probability": round(p, 6)} for token, p in masks] for masks in predictions],
             "words": mask_words(tokenizer, text, predictions)}, ensure_ascii=False))
@@ -142,7 +142,8 @@ def cmd_attention(args: argparse.Namespace) -> None:
         raise BertkitError(f"--out {args.out}: must end in .png or .html", hint="e.g. --out attention.png")
     model = load_model(args.model)
     encoder = model if isinstance(model, BertModel) else model.bert
-    tokens, probs = attention_maps(encoder, Tokenizer.from_pretrained(args.model), args.text, args.pair)
+    tokens, probs = attention_maps(encoder, Tokenizer.from_pretrained(args.model), args.text, args.pair,
+                                   precision=args.precision)
     draw = draw_png if args.out.endswith(".png") else write_html
     drawn = draw(tokens, probs, args.out, layer=args.layer, head=args.head)
     print(f"wrote {args.out}: {drawn['layers']} layers x {drawn['heads']} heads over {drawn['tokens']} tokens",
@@ -290,6 +291,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def add_compute_options(p: argparse.ArgumentParser) -> None:
+    """--precision and --threads, on every command that runs a model."""
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto (default): bf16 where the hardware runs it natively (a GPU with bf16, a CPU with "
+                        "AVX-512 BF16 or AMX), else fp32; the choice and its reason are printed at start")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU compute threads (default: the CPUs this process may run on; under torchrun, "
+                        "shared out between the processes of this machine)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="bertkit", description="BERT end to end: pre-train, fine-tune, use.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is loaded and skipped")
@@ -312,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--max-seq-len", type=positive_int, default=None,
                    help="truncate longer texts (default: the model's max_position_embeddings)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    add_compute_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
 
@@ -354,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=["nsp", "none"], default="nsp")
     p.add_argument("--masking", choices=["token", "whole-word"], default="token")
     p.add_argument("--max-predictions", type=positive_int, default=None)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    add_compute_options(p)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--log-every", type=positive_int, default=10)
     p.add_argument("--eval-every", type=positive_int, default=200)
@@ -377,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out", help="directory to create (default: demo-out)")
     p.add_argument("--corpus", nargs="+", help="your own text files (default: the Python docs shipped with Python)")
     p.add_argument("--steps", type=positive_int, default=2500)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    add_compute_options(p)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--model-config", default="tiny", help="preset or config.json")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -393,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("text", nargs="+", help="text with one or more [MASK]")
     p.add_argument("--top-k", type=positive_int, default=5)
+    add_compute_options(p)
     p.set_defaults(func=cmd_fill_mask)
 
     def task_data(p, train: bool, task_required: bool = True):
@@ -406,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--text-pair-column", help="classify/regress: an optional second text column")
         p.add_argument("--label-column", help="classify/regress: the label column (default label)")
         p.add_argument("--max-seq-len", type=positive_int, help="default 128 (SQuAD 384)")
-        p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+        add_compute_options(p)
         p.add_argument("--eval-batch-size", type=positive_int, default=128)
         p.add_argument("--null-threshold", type=float, help="squad2: predict no answer above this score gap")
 
@@ -460,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="FILE.png (grid + one head enlarged) or FILE.html (pick layer/head)")
     p.add_argument("--layer", type=int, default=-1, help="the layer shown enlarged (default: the last)")
     p.add_argument("--head", type=int, default=0, help="the head shown enlarged")
+    add_compute_options(p)
     p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("convert", help="re-save a model directory as safetensors (e.g. from pytorch_model.bin)")
@@ -488,10 +501,18 @@ def _negative_lists(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning (unless the user chose otherwise): spinning threads of
+    # two runs on the same cores took each other's time slices, a 60x slowdown (BENCHMARKS.md). Must be
+    # set before torch loads OpenMP.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(_negative_lists(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
+        if hasattr(args, "threads"):  # a command that runs a model
+            from bertkit.device import configure_threads
+
+            configure_threads(args.threads)
         args.func(args)
     except BertkitError as e:
         print(f"bertkit {args.command}: error: {e}", file=sys.stderr)

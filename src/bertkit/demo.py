@@ -84,7 +84,7 @@ def show_fill_mask(model, tokenizer, title: str) -> None:
 
 def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 2500, vocab_size: int = 4000,
              model_config: str = "tiny", seq_len: int = 128, batch_size: int = 32, lr: float = 2e-3,
-             precision: str = "bf16", seed: int = 0, corpus_bytes: int = 3_000_000,
+             precision: str = "auto", seed: int = 0, corpus_bytes: int = 3_000_000,
              show_progress: bool = True) -> dict:
     check_output_dir(out)
     try:
@@ -136,6 +136,9 @@ def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch
         raise BertkitError("the corpus is too small to hold out validation documents", hint="pass more --corpus text")
     show_fill_mask(untrained, tokenizer, "fill-mask before pre-training (random weights):")
 
+    from bertkit.device import default_device, resolve_precision
+
+    precision = resolve_precision(precision, default_device()).name
     c = untrained.config
     print(f"\n[3/4] pre-training a BERT (L{c.num_hidden_layers}/H{c.hidden_size}/A{c.num_attention_heads}, "
           f"{sum(p.numel() for p in untrained.parameters()) / 1e6:.1f}M parameters) for {steps} steps of "

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bertkit.device import to_device
+from bertkit.device import resolve_precision, to_device
 from bertkit.errors import BertkitError
 
 POOLINGS = ("mean", "cls", "max")
@@ -34,7 +34,7 @@ def feature_length(feature: dict) -> int:
 
 @torch.inference_mode()
 def run_features(model, features: Sequence[dict], pad_token_id: int, batch_size: int = 128,
-                 precision: str = "fp32") -> list:
+                 precision: str = "auto") -> list:
     """A task model's outputs for each feature, in feature order, batched by length: logit rows
     (numpy), or (start, end) logit rows for span QA. The model is left in eval mode."""
     from bertkit.data.features import collate
@@ -45,7 +45,7 @@ def run_features(model, features: Sequence[dict], pad_token_id: int, batch_size:
     for indices in length_grouped_batches([feature_length(f) for f in features], batch_size):
         batch = collate([features[i] for i in indices], pad_token_id)
         batch = to_device(batch, device, keys=("input_ids", "token_type_ids", "attention_mask"))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with resolve_precision(precision, device).autocast(device):
             result = model(**batch)
         if result.logits is not None:
             rows = list(result.logits.float().cpu().numpy())
@@ -99,7 +99,7 @@ def _encode(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[dict
 
 @torch.inference_mode()
 def encode_layers(model, tokenizer, texts: Sequence[str], layers: Sequence[int] = (-1,), layer_merge: str = "concat",
-                  batch_size: int = 64, max_length: int | None = None, precision: str = "fp32",
+                  batch_size: int = 64, max_length: int | None = None, precision: str = "auto",
                   show_progress: bool = False) -> Iterator[tuple[list[int], list[dict], torch.Tensor, torch.Tensor]]:
     """Per length-grouped batch: (input indices, their features, token vectors (B, T, H or H * len(layers)),
     attention mask (B, T)). Token vectors are the chosen layers' hidden states (0 = the embeddings,
@@ -125,7 +125,7 @@ def encode_layers(model, tokenizer, texts: Sequence[str], layers: Sequence[int] 
     for indices in tqdm(batches, desc="embed", unit="batch", disable=not show_progress):
         chosen = [features[i] for i in indices]
         batch = to_device(collate(chosen, tokenizer.pad_token_id), device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with resolve_precision(precision, device).autocast(device):
             out = model(**batch, output_hidden_states=not only_last)
         if only_last:
             vectors = out.last_hidden_state.float()
@@ -136,7 +136,7 @@ def encode_layers(model, tokenizer, texts: Sequence[str], layers: Sequence[int] 
 
 
 def embed(model, tokenizer, texts: Sequence[str], pooling: str = "mean", batch_size: int = 64,
-          normalize: bool = False, max_length: int | None = None, precision: str = "fp32",
+          normalize: bool = False, max_length: int | None = None, precision: str = "auto",
           show_progress: bool = False, layers: Sequence[int] = (-1,), layer_merge: str = "concat") -> np.ndarray:
     """One float32 vector per text: (len(texts), hidden * (len(layers) if concatenated else 1))."""
     if pooling not in POOLINGS:
@@ -153,7 +153,7 @@ def embed(model, tokenizer, texts: Sequence[str], pooling: str = "mean", batch_s
 
 
 def token_vectors(model, tokenizer, texts: Sequence[str], batch_size: int = 64, normalize: bool = False,
-                  max_length: int | None = None, precision: str = "fp32", show_progress: bool = False,
+                  max_length: int | None = None, precision: str = "auto", show_progress: bool = False,
                   layers: Sequence[int] = (-1,), layer_merge: str = "concat") -> list[dict]:
     """Per text, every token's vector (pooling "none"): {"tokens", "offsets" (character spans in the
     text, [0, 0] for [CLS]/[SEP]), "vectors" (float32 array, tokens x width)}."""
@@ -170,7 +170,7 @@ def token_vectors(model, tokenizer, texts: Sequence[str], batch_size: int = 64, 
 
 
 @torch.inference_mode()
-def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+def fill_mask(model, tokenizer, text: str, top_k: int = 5, precision: str = "auto") -> list[list[tuple[str, float]]]:
     """The MLM head's top-k (token, probability) for each [MASK] in `text`, left to right."""
     positions = model.config.max_position_embeddings
     batch = tokenizer([text], max_length=positions + 1)
@@ -183,7 +183,8 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[st
     top_k = min(top_k, model.config.vocab_size)
     model.eval()
     device = next(model.parameters()).device
-    logits = model(**to_device(batch, device)).mlm_logits[0, masks]  # (masks, V)
+    with resolve_precision(precision, device).autocast(device):
+        logits = model(**to_device(batch, device)).mlm_logits[0, masks]  # (masks, V)
     probs, ids = logits.float().softmax(-1).topk(top_k, dim=-1)
     return [[(tokenizer.convert_ids_to_tokens(int(i)), float(p)) for p, i in zip(ps, is_)]
             for ps, is_ in zip(probs, ids)]

@@ -41,10 +41,12 @@ def _warn_truncated(count: int, total: int, max_len: int) -> None:
 
 
 class Pipeline:
-    def __init__(self, model, tokenizer, settings: dict | None = None, precision: str = "fp32",
+    def __init__(self, model, tokenizer, settings: dict | None = None, precision: str = "auto",
                  batch_size: int = 64):
-        if precision not in ("fp32", "bf16"):
-            raise BertkitError(f"precision {precision!r}", hint="use fp32 or bf16")
+        from bertkit.device import resolve_precision
+
+        # checked (and, for auto, decided) now, for the device the model is on
+        precision = resolve_precision(precision, next(model.parameters()).device).name
         self.model, self.tokenizer, self.settings = model.eval(), tokenizer, settings or {}
         self.precision, self.batch_size = precision, batch_size
         self.task = TASK_OF_HEAD.get(type(model).__name__)
@@ -52,7 +54,7 @@ class Pipeline:
         self.max_len = min(self.settings.get("max_seq_len") or positions, positions)
 
     @classmethod
-    def from_pretrained(cls, directory: str, device: str | torch.device | None = None, precision: str = "fp32",
+    def from_pretrained(cls, directory: str, device: str | torch.device | None = None, precision: str = "auto",
                         batch_size: int = 64) -> Pipeline:
         """A fine-tuned directory (any HuggingFace BERT with a task head, or one written by `bertkit finetune`)."""
         from bertkit.checkpoint import load_model

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bertkit.device import default_device, to_device
+from bertkit.device import default_device, oversubscription_note, resolve_precision, to_device
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write_json, atomic_write_text, check_output_dir
 from bertkit.inference import feature_length
@@ -54,7 +54,7 @@ class FinetuneConfig:
     warmup: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the hardware runs it natively, else fp32 (device.py)
     seeds: list[int] = field(default_factory=lambda: [1])
     keep: str = "best"
     text_column: str = "text"
@@ -277,6 +277,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                                {"signature": signature, "epoch": epoch, "offset": offset, "skipped_steps": skipped,
                                 "best": best}, keep=cfg.keep_checkpoints)
 
+    autocast = resolve_precision(cfg.precision, device).autocast(device)
     progress = tqdm(total=total, initial=step, desc=f"finetune {cfg.task} seed {seed}", unit="step",
                     disable=not cfg.show_progress, dynamic_ncols=True)
     window_loss, window_samples, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
@@ -290,7 +291,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
             batch = to_device(collate([train_feats[i] for i in indices], pad), device)
             set_lr(optimizer, cfg.lr * warmup_linear(step, max(1, warmup), total))
             torch.manual_seed(seed * 1_000_003 + step)  # dropout: a function of the step, so a resume repeats it
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            with autocast:
                 loss = model(**batch).loss
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -319,7 +320,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                 train_seconds += elapsed
                 line = {"step": step, "epoch": epoch, "loss": window_loss / window_steps if window_steps else None,
                         "lr": optimizer.param_groups[0]["lr"], "samples_per_s": window_samples / elapsed,
-                        "skipped_steps": skipped}
+                        "skipped_steps": skipped, "precision": cfg.precision}
                 log.write(line)
                 if line["loss"] is not None:
                     progress.set_postfix(loss=f"{line['loss']:.4f}", samples_s=f"{line['samples_per_s']:.0f}")
@@ -408,8 +409,14 @@ def finetune(cfg: FinetuneConfig) -> dict:
     # the model loads (config and weights are sound) and takes --max-seq-len, before anything is written
     check_length(cfg, spec.kind, _load_model(spec.kind, cfg.model, label_list).config.max_position_embeddings)
     device = default_device()
+    precision = resolve_precision(cfg.precision, device)
+    if device.type == "cpu" and (note := oversubscription_note()):
+        print(note, file=sys.stderr)
     os.makedirs(cfg.out, exist_ok=True)  # everything is validated: now the run writes
-    atomic_write_json(os.path.join(cfg.out, CONFIG_FILE), dataclasses.asdict(cfg))
+    atomic_write_json(os.path.join(cfg.out, CONFIG_FILE), {
+        **dataclasses.asdict(cfg), "precision_used": precision.name, "precision_reason": precision.reason,
+        "threads": torch.get_num_threads(), "device_used": str(device)})
+    cfg = dataclasses.replace(cfg, precision=precision.name)  # what the seeds run (the file keeps the request)
     results = {}
     from bertkit.train.state import StopRequest
 
@@ -538,6 +545,7 @@ def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
     feats, _ = encode(kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device).name)
     outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id)
     result, _ = score(kind, cfg.task, examples, feats, outputs, labels, cfg)
     result = {k: float(v) for k, v in result.items()}
@@ -557,6 +565,7 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     feats, _ = encode(spec.kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device).name)
     outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id)
     _, predictions = score(spec.kind, cfg.task, _unlabel(examples), feats, outputs, labels, cfg)
     if spec.kind == "span":

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from bertkit.config import BertConfig, preset
-from bertkit.device import to_device
+from bertkit.device import PRECISIONS, Precision, oversubscription_note, resolve_precision, to_device
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write_json, check_output_dir
 from bertkit.model import BertForPreTraining
@@ -51,7 +51,7 @@ class PretrainConfig:
     objective: str = "nsp"
     masking: str = "token"
     max_predictions: int | None = None  # default round(0.15 * seq_len)
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the hardware runs it natively, else fp32 (device.py)
     seed: int = 0
     log_every: int = 10
     eval_every: int = 200
@@ -85,7 +85,7 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     from bertkit.tokenizer import Tokenizer
 
     for choice, allowed in ((cfg.objective, ("nsp", "none")), (cfg.masking, ("token", "whole-word")),
-                            (cfg.precision, ("fp32", "bf16"))):
+                            (cfg.precision, PRECISIONS)):
         if choice not in allowed:
             raise BertkitError(f"{choice!r} is not one of {', '.join(allowed)}", hint="see bertkit pretrain --help")
     for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "save_every"):
@@ -154,7 +154,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(model, dataset, cfg: PretrainConfig, device) -> dict:
+def evaluate(model, dataset, cfg: PretrainConfig, device, precision: Precision | None = None) -> dict:
     """Held-out MLM and NSP loss and accuracy on the first eval_samples samples (fixed masks)."""
     from bertkit.data.pretraining import collate
 
@@ -165,7 +165,7 @@ def evaluate(model, dataset, cfg: PretrainConfig, device) -> dict:
     for start in range(0, n, cfg.batch_size):
         batch = to_device(collate([dataset[i] for i in range(start, min(n, start + cfg.batch_size))],
                                   dataset.pad_id), device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with (precision or resolve_precision(cfg.precision, device, announce=False)).autocast(device):
             out = model(**batch)
         _accumulate(totals, out, batch)
     model.train()
@@ -224,6 +224,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         require_tensorboard()
     world = distributed.setup(cfg.device)
     model, tokenizer, train_set, validation = build(cfg, world.world_size)
+    precision = resolve_precision(cfg.precision, world.device, announce=False)  # said once the run starts
     distributed.barrier(world)  # every rank has validated --out before rank 0 writes into it
     model.to(world.device)
     wrapped = distributed.wrap(model, world)
@@ -246,13 +247,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
         truncate_metrics(metrics_path, 0)
     if world.is_main:
         os.makedirs(cfg.out, exist_ok=True)
-        atomic_write_json(os.path.join(cfg.out, "run.json"), dataclasses.asdict(cfg))
+        atomic_write_json(os.path.join(cfg.out, "run.json"), {
+            **dataclasses.asdict(cfg), "precision_used": precision.name, "precision_reason": precision.reason,
+            "threads": torch.get_num_threads(), "device_used": str(world.device)})
     log = MetricsLog(cfg.out, cfg.tensorboard, step) if world.is_main else None
     samples_per_step = cfg.batch_size * cfg.grad_accum * world.world_size
     train_set.set_epoch(epoch)
     order = epoch_order(len(train_set), cfg.seed, epoch)
     warmup_steps = max(1, round(cfg.warmup * cfg.steps))
-    autocast = torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    autocast = precision.autocast(world.device)
     window = dict(mlm_loss=0.0, mlm_correct=0, mlm_count=0, nsp_loss=0.0, nsp_correct=0, nsp_count=0)
     window_tokens, window_norm, window_good_steps, window_start = 0, 0.0, 0, time.perf_counter()
     paused_seconds = 0.0  # evaluation and checkpoint time in the logging window: not training
@@ -270,6 +273,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
         distributed.barrier(world)
         return path
 
+    if world.is_main:  # everything is checked: say how this run computes
+        resolve_precision(cfg.precision, world.device)
+        if world.device.type == "cpu" and (note := oversubscription_note()):
+            print(note, file=sys.stderr)
     model.train()
     started = time.perf_counter()
     last_step = cfg.steps
@@ -324,7 +331,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 elapsed = time.perf_counter() - window_start - paused_seconds
                 line = {"step": step, **_summarize(dict(zip(keys, sums[:-1]))), "lr": lr,
                         "tokens_per_s": sums[-1] / elapsed, "grad_norm": window_norm / window_good_steps if window_good_steps else None,
-                        "skipped_steps": bad_steps_total, "epoch": epoch}
+                        "skipped_steps": bad_steps_total, "epoch": epoch, "precision": precision.name}
                 if world.is_main:
                     log.write(line)
                     progress.set_postfix(loss=f"{line['loss']:.3f}", mlm_acc=f"{line['mlm_accuracy']:.3f}",
@@ -336,7 +343,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
             if validation is not None and (step % cfg.eval_every == 0 or step == last_step):
                 eval_started = time.perf_counter()
                 if world.is_main:
-                    last_eval = {"step": step, **evaluate(model, validation, cfg, world.device), "split": "validation"}
+                    last_eval = {"step": step, **evaluate(model, validation, cfg, world.device, precision),
+                                 "split": "validation"}
                     log.write(last_eval)
                     progress.write(f"step {step}: held-out " + ", ".join(
                         f"{k} {v:.4f}" for k, v in last_eval.items() if k not in ("step", "split")))
