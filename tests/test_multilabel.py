@@ -1,12 +1,19 @@
-"""config.problem_type: the sequence classifier's loss against transformers for every problem type (given,
-or inferred from the labels as transformers infers it)."""
+"""Multi-label classification and config.problem_type: the sequence classifier's loss against transformers
+for every problem type (given, or inferred from the labels as transformers infers it), the multi-label
+metrics against scikit-learn, and the label-set reader."""
 
 import json
 
+import numpy as np
 import pytest
+import sklearn.metrics
+import sklearn.preprocessing
 import torch
 
+from bertkit.data.features import collate, encode_sentence_tasks
+from bertkit.data.tasks import Example, check_labels, make_label_list, read_table, task_spec
 from bertkit.errors import BertkitError
+from bertkit.eval.metrics import multi_label_metrics
 
 transformers = pytest.importorskip("transformers")
 
@@ -115,3 +122,80 @@ def test_problem_type_is_validated(tmp_path):
         BertConfig.load(str(path))
     assert error.value.message.startswith(f"{path}: problem_type 'ranking'")
     assert "multi_label_classification" in error.value.hint
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics, reader, features
+
+
+def test_multi_label_metrics_match_sklearn():
+    labels = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(0)
+    cases = [([["a", "b"], ["c"], []], [["a"], ["c", "b"], []]),
+             ([["a"], ["b"]], [["a"], ["b"]]),  # all right; c and d never occur: F1 0 for each, as sklearn
+             ([[], []], [[], []])]
+    for _ in range(5):
+        draw = lambda: [[x for x in labels if rng.random() < 0.4] for _ in range(40)]  # noqa: E731
+        cases.append((draw(), draw()))
+    binarizer = sklearn.preprocessing.MultiLabelBinarizer(classes=labels).fit([labels])
+    for true_sets, pred_sets in cases:
+        y_true, y_pred = binarizer.transform(true_sets), binarizer.transform(pred_sets)
+        result = multi_label_metrics(true_sets, pred_sets, labels)
+        assert result["micro_f1"] == pytest.approx(
+            sklearn.metrics.f1_score(y_true, y_pred, average="micro", zero_division=0), abs=1e-12)
+        assert result["macro_f1"] == pytest.approx(
+            sklearn.metrics.f1_score(y_true, y_pred, average="macro", zero_division=0), abs=1e-12)
+        assert result["subset_accuracy"] == pytest.approx(sklearn.metrics.accuracy_score(y_true, y_pred), abs=1e-12)
+    # by hand: tp a, c; fn b (example 1); fp b (example 2) -> micro F1 = 4 / (4 + 1 + 1)
+    assert multi_label_metrics([["a", "b"], ["c"]], [["a"], ["c", "b"]], ["a", "b", "c"]) == {
+        "micro_f1": pytest.approx(2 / 3), "macro_f1": pytest.approx(2 / 3), "subset_accuracy": 0.0}
+
+
+def test_label_sets_from_csv_tsv_and_jsonl(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_text('text,label\n"goal, then a vote",sports|politics\nquiet day,\nmatch,sports | sports\n')
+    examples = read_table(str(csv), label_separator="|")
+    assert [e.label for e in examples] == [["sports", "politics"], [], ["sports"]]
+    assert make_label_list("classify", examples) == ["politics", "sports"]
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("text\ttags\nx\ta;b\n")
+    assert read_table(str(tsv), label_column="tags", label_separator=";")[0].label == ["a", "b"]
+    jsonl = tmp_path / "dev.jsonl"
+    jsonl.write_text('{"text": "x", "label": ["sports", "arts"]}\n{"text": "y", "label": "arts|politics"}\n'
+                     '{"text": "z", "label": []}\n')
+    dev = read_table(str(jsonl), label_separator="|")
+    assert [e.label for e in dev] == [["sports", "arts"], ["arts", "politics"], []]
+    with pytest.raises(BertkitError) as error:  # the line of the unknown label, not line + its index in the set
+        check_labels(dev, ["politics", "sports"], str(jsonl))
+    assert error.value.message == f"{jsonl}: line 1: label 'arts' does not occur in the training data"
+    with pytest.raises(BertkitError, match=r"dev\.jsonl: line 1: label .* is a list") as error:
+        read_table(str(jsonl))  # without the separator a list is not one class name
+    assert "--label-separator" in error.value.hint
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x", "label": [["a"]]}\n')
+    with pytest.raises(BertkitError, match=r"bad\.jsonl: line 1: .* not a list of class names"):
+        read_table(str(bad), label_separator="|")
+
+
+def test_label_separator_switches_classify_to_multi_label():
+    assert task_spec("classify").kind == "classification"
+    spec = task_spec("classify", "|")
+    assert (spec.kind, spec.metric, spec.metrics) == ("multi_label", "micro_f1",
+                                                      ("micro_f1", "macro_f1", "subset_accuracy"))
+    with pytest.raises(BertkitError, match="--label-separator is for --task classify, not sst2"):
+        task_spec("sst2", "|")
+    with pytest.raises(BertkitError, match="--label-separator is empty"):
+        task_spec("classify", "")
+
+
+def test_multi_hot_features_collate_to_floats():
+    from bertkit.tokenizer import Tokenizer
+    from conftest import minilm_path
+
+    tokenizer = Tokenizer.from_pretrained(minilm_path())
+    examples = [Example("goal", label=["sports"]), Example("vote on the goal", label=["politics", "sports"]),
+                Example("rain", label=[])]
+    features, _ = encode_sentence_tasks(examples, tokenizer, 16, ["arts", "politics", "sports"])
+    assert [f["label"] for f in features] == [[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    labels = collate(features, tokenizer.pad_token_id)["labels"]
+    assert labels.dtype == torch.float and labels.shape == (3, 3)
