@@ -1,6 +1,7 @@
 """Multi-label classification and config.problem_type: the sequence classifier's loss against transformers
 for every problem type (given, or inferred from the labels as transformers infers it), the multi-label
-metrics against scikit-learn, and the label-set reader."""
+metrics against scikit-learn, the label-set reader, and `finetune --task classify --label-separator` with
+evaluate and predict through the CLI, and its bad input."""
 
 import json
 
@@ -14,6 +15,7 @@ from bertkit.data.features import collate, encode_sentence_tasks
 from bertkit.data.tasks import Example, check_labels, make_label_list, read_table, task_spec
 from bertkit.errors import BertkitError
 from bertkit.eval.metrics import multi_label_metrics
+from conftest import assert_one_line_error, run_cli
 
 transformers = pytest.importorskip("transformers")
 
@@ -199,3 +201,130 @@ def test_multi_hot_features_collate_to_floats():
     assert [f["label"] for f in features] == [[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
     labels = collate(features, tokenizer.pad_token_id)["labels"]
     assert labels.dtype == torch.float and labels.shape == (3, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# The CLI: finetune, evaluate, predict
+
+TOPICS = {"sports": "goal match team", "politics": "vote election minister", "arts": "painting museum poem"}
+
+
+def topic_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        chosen = [t for t in TOPICS if rng.random() < 0.5] or ["sports"]
+        words = [w for t in chosen for w in rng.choice(TOPICS[t].split(), 2)]
+        rows.append((" ".join(rng.permutation(words)), "|".join(chosen)))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def multilabel_run(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("multilabel")
+    for name, n, seed in (("train", 48, 0), ("dev", 16, 1)):
+        (root / f"{name}.csv").write_text("text,topics\n" + "".join(f"{t},{y}\n" for t, y in topic_rows(n, seed)))
+    run_cli("finetune", "--task", "classify", "--train", root / "train.csv", "--dev", root / "dev.csv",
+            "--label-column", "topics", "--label-separator", "|", "--model", tiny_model, "--out", root / "out",
+            "--epochs", 2, "--batch-size", 8, "--lr", 1e-3, "--threshold", 0.4, "--quiet")
+    return root
+
+
+def test_finetune_evaluate_predict_multi_label(multilabel_run, tmp_path):
+    root, out = multilabel_run, multilabel_run / "out"
+    result = json.loads((out / "eval_results.json").read_text())
+    assert {"micro_f1", "macro_f1", "subset_accuracy"} <= result.keys()
+    assert all(0.0 <= result[k] <= 1.0 for k in ("micro_f1", "macro_f1", "subset_accuracy"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert config["id2label"] == {"0": "arts", "1": "politics", "2": "sports"}
+    settings = json.loads((out / "bertkit_task.json").read_text())
+    assert (settings["problem_type"], settings["label_separator"], settings["threshold"]) == (
+        "multi_label_classification", "|", 0.4)
+    # evaluate: the separator and threshold come from bertkit_task.json
+    evaluated = json.loads(run_cli("evaluate", "--task", "classify", "--dev", root / "dev.csv", "--label-column",
+                                   "topics", "--model", out, "--output", tmp_path / "eval.json").stdout)
+    assert evaluated["micro_f1"] == pytest.approx(result["micro_f1"])
+    assert evaluated["subset_accuracy"] == pytest.approx(result["subset_accuracy"])
+
+    # predict with --task: one JSON line per input, its prediction the list of labels above the threshold
+    (tmp_path / "test.csv").write_text("text\ngoal vote\nmuseum poem\n")
+    run_cli("predict", "--task", "classify", "--model", out, "--input", tmp_path / "test.csv",
+            "--output", tmp_path / "pred.jsonl")
+    task_predictions = [json.loads(line)["prediction"] for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(task_predictions) == 2 and all(isinstance(p, list) for p in task_predictions)
+
+    # the pipeline: every label whose own sigmoid probability is above the threshold, most probable first
+    from bertkit.model import BertForSequenceClassification
+    from bertkit.pipelines import Pipeline
+    from bertkit.tokenizer import Tokenizer
+
+    texts = ["goal vote", "museum poem"]
+    pipe = Pipeline.from_pretrained(str(out), device="cpu")
+    model = BertForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        probs = torch.sigmoid(model(**Tokenizer.from_pretrained(out)(texts)).logits)  # (2, 3)
+    names = ["arts", "politics", "sports"]
+    middle = probs.flatten().sort().values[2:4].mean().item()  # between the 3rd and 4th of 6: some in, some out
+    for threshold in (0.4, 0.5, middle):
+        results = pipe.classify(texts, threshold=threshold if threshold != 0.4 else None)  # None: the saved 0.4
+        for result, row in zip(results, probs):
+            expected = [names[i] for i in row.argsort(descending=True).tolist() if row[i] > threshold]
+            assert result["labels"] == expected
+            assert result["probabilities"] == pytest.approx(dict(zip(names, row.tolist())), abs=1e-5)
+    assert [sorted(p) for p in task_predictions] == [sorted(r["labels"]) for r in pipe.classify(texts)]
+    # predict without --task: the pipeline, JSON Lines out
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    run_cli("predict", "--model", out, "--input", tmp_path / "texts.txt", "--output", tmp_path / "p.jsonl",
+            "--threshold", 0.05)
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["labels"] for r in rows] == [r["labels"] for r in pipe.classify(texts, threshold=0.05)]
+
+    # transformers loads the directory as multi-label and computes the same loss
+    hf = transformers.BertForSequenceClassification.from_pretrained(out).eval()
+    inputs = Tokenizer.from_pretrained(out)(texts)
+    labels = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    with torch.no_grad():
+        a, b = model(**inputs, labels=labels), hf(**inputs, labels=labels)
+    torch.testing.assert_close(a.logits, b.logits, **TOL)
+    torch.testing.assert_close(a.loss, b.loss, **TOL)
+
+
+def test_multi_label_bad_input(multilabel_run, tiny_model, tmp_path):
+    root, out = multilabel_run, multilabel_run / "out"
+    train = root / "train.csv"
+    unseen = tmp_path / "dev.csv"
+    unseen.write_text("text,topics\ngoal,sports\nrecipe,sports|cooking\n")
+    common = ["--train", train, "--label-column", "topics", "--model", tiny_model, "--quiet"]
+    assert_one_line_error(run_cli("finetune", "--task", "classify", "--dev", unseen, "--label-separator", "|",
+                                  "--out", tmp_path / "o1", *common, check=False),
+                          f"{unseen}: line 3: label 'cooking' does not occur in the training data")
+    assert_one_line_error(run_cli("evaluate", "--task", "classify", "--dev", unseen, "--label-column", "topics",
+                                  "--model", out, "--output", tmp_path / "e.json", check=False),
+                          f"{unseen}: line 3: label 'cooking' does not occur in the model's labels")
+    assert_one_line_error(run_cli("finetune", "--task", "regress", "--dev", root / "dev.csv", "--label-separator",
+                                  "|", "--out", tmp_path / "o2", *common, check=False),
+                          "--label-separator is for --task classify, not regress")
+    assert_one_line_error(run_cli("finetune", "--task", "classify", "--dev", root / "dev.csv", "--label-separator",
+                                  "", "--out", tmp_path / "o3", *common, check=False), "--label-separator is empty")
+    for threshold in ("0", "1", "1.5", "-0.2", "nan"):
+        assert_one_line_error(run_cli("finetune", "--task", "classify", "--dev", root / "dev.csv",
+                                      "--label-separator", "|", "--threshold", threshold, "--out", tmp_path / "o4",
+                                      *common, check=False), f"--threshold {float(threshold)}", "between 0 and 1")
+    assert_one_line_error(run_cli("evaluate", "--task", "classify", "--dev", root / "dev.csv", "--label-column",
+                                  "topics", "--model", out, "--threshold", "1", "--output", tmp_path / "e.json",
+                                  check=False), "--threshold 1.0")
+    (tmp_path / "texts.txt").write_text("goal\n")
+    assert_one_line_error(run_cli("predict", "--model", out, "--input", tmp_path / "texts.txt", "--output",
+                                  tmp_path / "p.jsonl", "--threshold", "2", check=False), "threshold 2.0")
+    # a multi-label model's labels cannot be read without the separator
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        if (out / name).exists():
+            (bare / name).write_bytes((out / name).read_bytes())
+    assert_one_line_error(run_cli("evaluate", "--task", "classify", "--dev", root / "dev.csv", "--label-column",
+                                  "topics", "--model", bare, "--output", tmp_path / "e.json", check=False),
+                          "multi-label classifier", "--label-separator")
+    for name in ("o1", "o2", "o3", "o4", "e.json", "p.jsonl"):
+        assert not (tmp_path / name).exists()
