@@ -258,7 +258,7 @@ def predict_with_pipeline(args: argparse.Namespace) -> int:
         if has_pairs and not all(p is not None for p in pairs):
             raise BertkitError(f"{args.input}: some records have a text_pair and some do not",
                                hint="predict single texts and pairs in separate files")
-        results = pipe.classify([r["text"] for r in records], pairs if has_pairs else None)
+        results = pipe.classify([r["text"] for r in records], pairs if has_pairs else None, args.threshold)
     elif task == "tag":
         results = pipe.tag([r["text"] for r in records])
     elif task == "answer":
@@ -417,6 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--text-column", help="classify/regress: the text column (default text)")
         p.add_argument("--text-pair-column", help="classify/regress: an optional second text column")
         p.add_argument("--label-column", help="classify/regress: the label column (default label)")
+        p.add_argument("--label-separator",
+                       help="classify: multi-label, several labels per field separated by this (e.g. '|' for "
+                            "sports|politics; in JSON Lines the label may also be a list)")
+        p.add_argument("--threshold", type=float,
+                       help="multi-label: predict every label whose probability is above this (default 0.5)")
         p.add_argument("--max-seq-len", type=positive_int, help="default 128 (SQuAD 384)")
         add_compute_options(p)
         p.add_argument("--eval-batch-size", type=positive_int, default=128)

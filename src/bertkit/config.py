@@ -34,7 +34,7 @@ class BertConfig:
     pad_token_id: int = 0
     # Task heads: label names are kept so predictions come back as names, not indices.
     id2label: dict[int, str] | None = None
-    problem_type: str | None = None
+    problem_type: str | None = None  # one of PROBLEM_TYPES; None: inferred from the labels, as HF does
     classifier_dropout: float | None = None  # None: use hidden_dropout_prob, as HF does
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -58,6 +58,9 @@ class BertConfig:
             )
         if self.id2label is not None:
             self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise BertkitError(f"problem_type {self.problem_type!r} is not supported",
+                               hint=f"use one of {', '.join(PROBLEM_TYPES)}, or leave it out")
 
     @property
     def head_dim(self) -> int:
@@ -167,6 +170,8 @@ _FIELD_TYPES: dict[str, type] = {
 _DERIVED = {"label2id", "num_labels", "model_type", "position_embedding_type"}
 
 ACTIVATIONS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu"}
+# The sequence classifier's losses (model.SEQUENCE_LOSSES), named as HF's config.json names them.
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 def _preset(layers: int, hidden: int, heads: int) -> BertConfig:

@@ -56,6 +56,14 @@ def run_features(model, features: Sequence[dict], pad_token_id: int, batch_size:
     return out
 
 
+def labels_above(logits: np.ndarray, labels, threshold: float) -> tuple[list[str], np.ndarray]:
+    """Multi-label: every label whose probability (the sigmoid of its own logit) is above threshold, most
+    probable first, and the probabilities, (num_labels,). The list may be empty."""
+    probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    order = np.argsort(-probs, kind="stable")
+    return [labels[i] for i in order if probs[i] > threshold], probs
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """(B, T, H) token vectors -> (B, H). Mean and max run over the non-padding tokens only,
     as sentence-transformers does."""

@@ -344,8 +344,36 @@ class _TaskHead(PretrainedMixin, nn.Module):
             init_weights(self.classifier, config.initializer_range)
 
 
+def _mse(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if logits.shape[-1] == 1:  # one score per example: labels (B,) or (B, 1)
+        return F.mse_loss(logits.float().view(-1), labels.float().view(-1))
+    return F.mse_loss(logits.float(), labels.float())  # several scores: labels (B, num_labels)
+
+
+# config.problem_type -> loss(logits (B, num_labels), labels), as transformers' BertForSequenceClassification.
+SEQUENCE_LOSSES = {
+    "regression": _mse,
+    "single_label_classification": lambda logits, labels: F.cross_entropy(logits.float(), labels.view(-1)),
+    # independent yes/no per label: labels (B, num_labels) multi-hot floats
+    "multi_label_classification": lambda logits, labels: F.binary_cross_entropy_with_logits(
+        logits.float(), labels.float()),
+}
+
+
+def problem_type(config: BertConfig, labels: torch.Tensor) -> str:
+    """config.problem_type, or when None what transformers infers: one output is regression, integer labels
+    are single-label classes, anything else (float labels over several outputs) multi-label."""
+    if config.problem_type is not None:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    if labels.dtype in (torch.long, torch.int):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
 class BertForSequenceClassification(_TaskHead):
-    """Classifier on the pooled [CLS] output. One label means regression (MSE), as STS-B."""
+    """Classifier on the pooled [CLS] output; the loss follows config.problem_type (SEQUENCE_LOSSES)."""
 
     def __init__(self, config: BertConfig):
         super().__init__(config, config.num_labels, add_pooler=True)
@@ -355,10 +383,7 @@ class BertForSequenceClassification(_TaskHead):
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = None
         if labels is not None:
-            if self.config.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
-                loss = F.cross_entropy(logits.float(), labels)
+            loss = SEQUENCE_LOSSES[problem_type(self.config, labels)](logits, labels)
         return TaskOutput(loss=loss, logits=logits)
 
 

@@ -3,6 +3,7 @@
     from bertkit.pipelines import Pipeline
     pipe = Pipeline.from_pretrained("runs/sst2")                # the head comes from config.json
     pipe.classify(["a gripping film", "flat and dull"])         # label, score, probabilities
+    pipe.classify(["tax cuts for football clubs"])              # a multi-label model: labels, probabilities
     pipe.classify(["A man plays."], pairs=["Someone plays."])   # sentence pairs
     pipe.tag(["Angela Merkel visited Paris."])                  # entities with character spans
     pipe.answer([("Where?", "She lives in Paris.")])            # answer text, character span, score
@@ -88,23 +89,40 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------
 
-    def classify(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict]:
-        """Per text (or pair): `label`, its probability `score`, and every label's `probabilities`;
-        a regression head (one output) gives `score` only."""
+    def classify(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                 threshold: float | None = None) -> list[dict]:
+        """Per text (or pair), by the model's problem_type: `label`, its probability `score`, and every
+        label's `probabilities` (softmax over the labels); multi-label: `labels`, every label whose own
+        probability (sigmoid) is above `threshold` (default: the fine-tuned one, else 0.5), most probable
+        first, and every label's `probabilities`; regression: `score` (several outputs: `scores` by name)."""
         from bertkit.data.features import encode_sentence_tasks
         from bertkit.data.tasks import Example
+        from bertkit.inference import labels_above
 
         self._require("classify")
+        if threshold is None:
+            threshold = self.settings.get("threshold", 0.5)
+        if not 0 < threshold < 1:
+            raise BertkitError(f"threshold {threshold}: must be between 0 and 1 (exclusive)", hint="e.g. 0.5")
         if pairs is not None and len(pairs) != len(texts):
             raise BertkitError(f"{len(texts)} texts but {len(pairs)} pairs", hint="give one pair per text")
         examples = [Example(text, None if pairs is None else pairs[i]) for i, text in enumerate(texts)]
         features, cut = encode_sentence_tasks(examples, self.tokenizer, self.max_len, None)
         _warn_truncated(cut, len(texts), self.max_len)
         id2label = self.model.config.id2label or {0: "0", 1: "1"}
+        names = [id2label[i] for i in range(len(id2label))]
+        problem_type = self.model.config.problem_type
         results = []
         for row in self._run(features):
-            if len(row) == 1:
+            if len(row) == 1 and problem_type != "multi_label_classification":
                 results.append({"score": float(row[0])})
+                continue
+            if problem_type == "regression":
+                results.append({"scores": {name: float(x) for name, x in zip(names, row)}})
+                continue
+            if problem_type == "multi_label_classification":
+                labels, probs = labels_above(row, names, threshold)
+                results.append({"labels": labels, "probabilities": {n: float(p) for n, p in zip(names, probs)}})
                 continue
             probs = _softmax(row)
             best = int(probs.argmax())

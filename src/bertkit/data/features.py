@@ -1,6 +1,7 @@
 """Examples -> model inputs: token ids, token types and labels, one unpadded dict per feature.
 
-    sentence tasks  {"input_ids", "token_type_ids", "label"}          label: class index, or float score
+    sentence tasks  {"input_ids", "token_type_ids", "label"}          label: class index, float score, or
+                                                                      multi-hot floats (multi-label)
     tagging         {"input_ids", "token_type_ids", "labels", "word_ids", "n_words"}
                     labels: per token, the word's tag id on its first piece, IGNORE_INDEX elsewhere
     SQuAD           {"input_ids", "token_type_ids", "offsets", "example_index", "start_position", "end_position"}
@@ -57,6 +58,9 @@ def encode_sentence_tasks(examples: Sequence[Example], tokenizer: Tokenizer, max
                           label_list: Sequence[str] | None) -> tuple[list[dict], int]:
     """Features of sentence (pair) examples; label_list=None means regression (float labels).
 
+    An example labeled with a list of class names (multi-label) gets a multi-hot label: one float per
+    entry of label_list, 1.0 where the example has that label, as BCE-with-logits takes it.
+
     Returns the features, in example order, and the number of examples truncated to max_len.
     """
     _check_max_len(max_len)
@@ -75,7 +79,9 @@ def encode_sentence_tasks(examples: Sequence[Example], tokenizer: Tokenizer, max
         for i, ids, types in zip(chosen, input_ids, token_type_ids):
             features[i] = {"input_ids": ids, "token_type_ids": types}
             label = examples[i].label
-            if label is not None:
+            if isinstance(label, list):
+                features[i]["label"] = [float(name in label) for name in label_list]
+            elif label is not None:
                 features[i]["label"] = float(label) if label_list is None else label_index[label]
     return features, n_truncated
 
@@ -225,7 +231,8 @@ def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tens
     """Pad a batch of features into tensors named as the model's forward() arguments.
 
     input_ids / token_type_ids / attention_mask: (B, T), or (B, C, T) for multiple choice;
-    labels: (B,) long (float for regression) or (B, T) for tagging, padded with IGNORE_INDEX;
+    labels: (B,) long (float for regression), (B, num_labels) float for multi-label, or (B, T) for
+    tagging, padded with IGNORE_INDEX;
     start_positions / end_positions: (B,). Other keys (offsets, word_ids, ...) stay behind.
     """
     choices = isinstance(features[0]["input_ids"][0], list)
@@ -246,7 +253,7 @@ def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tens
     first = features[0]
     if "label" in first:
         labels = [feature["label"] for feature in features]
-        batch["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
+        batch["labels"] = torch.tensor(labels, dtype=torch.long if isinstance(labels[0], int) else torch.float)
     if "labels" in first:
         batch["labels"] = torch.tensor(_pad([feature["labels"] for feature in features], length, IGNORE_INDEX))
     if "start_position" in first:

@@ -7,7 +7,9 @@ its reader and, for GLUE, its fixed label list. The readers:
                 lines split on "\\t" with no CSV quoting (texts hold bare `"`), a UTF-8 BOM stripped,
                 columns found by header name (CoLA's train/dev have no header: by position).
     classify    your own .csv / .tsv / .jsonl (.json is read as JSON Lines): a text column, an
-    regress     optional second text column and a label column (a class name, or a number).
+    regress     optional second text column and a label column (a class name, or a number). With a
+                label separator (multi-label classify), the label column holds several class names,
+                `sports|politics`, or in JSON Lines a list of them; an empty one means no label.
     ner         CoNLL column files: token first, tag last; blank and -DOCSTART- lines end sentences.
     squad       the official SQuAD v1.1 / v2.0 JSON (data -> paragraphs -> qas).
     squad2
@@ -51,7 +53,8 @@ class Example:
 
     text_a: str
     text_b: str | None = None
-    label: str | float | list[str] | None = None  # class name, score, per-word tags, or None (unlabeled)
+    label: str | float | list[str] | None = None  # class name, score, per-word tags (tagging: `words` set),
+    # class names (multi-label), or None (unlabeled)
     guid: str = ""  # "file:line" of the (first) line it came from
     words: list[str] | None = None  # tagging only: the words that `label` tags one to one
 
@@ -103,10 +106,11 @@ def check_labels(examples: Sequence[Example], label_list: Sequence[str], path: s
     known = set(label_list)
     for example in examples:
         labels = example.label if isinstance(example.label, list) else [example.label]
-        for word, label in enumerate(labels):
+        for index, label in enumerate(labels):
             if label is None or label in known:
                 continue
             shown = ", ".join(label_list) if len(label_list) <= 20 else f"{len(label_list)} labels"
+            word = index if example.words is not None else 0  # a tagged word is a line; a label set is one line
             raise BertkitError(
                 f"{_location(example.guid, path, word)}: label {label!r} does not occur in {known_from}",
                 hint=f"the known labels are: {shown}")
@@ -116,8 +120,9 @@ def make_label_list(task: str, train_examples: Sequence[Example]) -> list[str] |
     """The label list a model for `task` is trained with; None for regression.
 
     GLUE tasks use their fixed list (so label ids do not depend on which labels a file happens
-    to hold). Otherwise the sorted set of training labels; for tagging "O" comes first and every
-    B-X brings its I-X along, which encode_tagging(label_all_subtokens=True) may need.
+    to hold). Otherwise the sorted set of training labels (multi-label: of every example's labels);
+    for tagging "O" comes first and every B-X brings its I-X along, which
+    encode_tagging(label_all_subtokens=True) may need.
     """
     spec = TASKS[task]
     if spec.kind in ("regression", "span", "choice"):
@@ -128,7 +133,8 @@ def make_label_list(task: str, train_examples: Sequence[Example]) -> list[str] |
         tags = {tag for example in train_examples for tag in example.label or ()}
         tags |= {"I-" + tag[2:] for tag in tags if tag.startswith("B-")}
         return ["O"] + sorted(tags - {"O"})
-    return sorted({example.label for example in train_examples if example.label is not None})
+    return sorted({label for example in train_examples if example.label is not None
+                   for label in (example.label if isinstance(example.label, list) else [example.label])})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,18 +295,38 @@ def _field(path: str, number: int, record: dict, column: str, kind: type = str):
     return value
 
 
+def _label_set(path: str, number: int, raw, separator: str) -> list[str]:
+    """The class names of a multi-label field: a string split on `separator`, or a JSON list; no repeats."""
+    if isinstance(raw, list):
+        if not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in raw):
+            raise BertkitError(f"{path}: line {number}: label {reprlib.repr(raw)} is not a list of class names",
+                               hint='write e.g. "label": ["sports", "politics"]')
+        labels = [str(x) for x in raw]
+    else:
+        labels = [part.strip() for part in str(raw).split(separator)]
+    return list(dict.fromkeys(label for label in labels if label))  # "" (or "a|") holds no (empty) label
+
+
 def read_table(path: str, text_column: str = "text", text_pair_column: str | None = None,
-               label_column: str = "label", regression: bool = False, labeled: bool = True) -> list[Example]:
+               label_column: str = "label", regression: bool = False, labeled: bool = True,
+               label_separator: str | None = None) -> list[Example]:
     """Examples from your own .csv / .tsv / .jsonl file; labeled=False reads files without labels.
 
-    Class labels are kept as strings (JSON numbers too: 1 -> "1"); regression labels as floats.
+    Class labels are kept as strings (JSON numbers too: 1 -> "1"); regression labels as floats. With a
+    label_separator (multi-label) each label is the list of class names in the field, split on it.
     """
     examples = []
     for number, record in _records(path):
         label = None
         if labeled:
             raw = _field(path, number, record, label_column, kind=object)
-            label = _parse_score(path, number, raw) if regression else str(raw)
+            if label_separator is not None:
+                label = _label_set(path, number, raw, label_separator)
+            elif isinstance(raw, list):
+                raise BertkitError(f"{path}: line {number}: label {reprlib.repr(raw)} is a list",
+                                   hint="for several labels per example (multi-label) pass --label-separator")
+            else:
+                label = _parse_score(path, number, raw) if regression else str(raw)
         examples.append(Example(
             text_a=_field(path, number, record, text_column),
             text_b=None if text_pair_column is None else _field(path, number, record, text_pair_column),
@@ -466,7 +492,7 @@ def read_choices(path: str, labeled: bool = True) -> list[ChoiceExample]:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    kind: str  # "classification" | "regression" | "tagging" | "span" | "choice"
+    kind: str  # "classification" | "multi_label" | "regression" | "tagging" | "span" | "choice"
     metric: str  # the main metric: the headline number and what model selection maximises
     metrics: tuple[str, ...]  # every metric reported
     read: Callable[..., list]  # read(path, **options) -> examples
@@ -499,6 +525,24 @@ TASKS: dict[str, TaskSpec] = {
                        functools.partial(_read_squad_examples, version_2=True)),
     "multiple-choice": TaskSpec("choice", "accuracy", ("accuracy",), read_choices),
 }
+# classify with a label separator: any number of labels per example, each a yes/no of its own.
+# Micro-F1 (over every (example, label) decision) leads, as it weighs frequent labels by their frequency;
+# macro-F1 shows the rare labels, subset accuracy the share of examples with exactly the right label set.
+MULTI_LABEL = TaskSpec("multi_label", "micro_f1", ("micro_f1", "macro_f1", "subset_accuracy"), read_table)
+
+
+def task_spec(task: str, label_separator: str | None = None) -> TaskSpec:
+    """TASKS[task], or MULTI_LABEL for classify with a label separator (the switch to multi-label)."""
+    if label_separator is not None:
+        if task != "classify":
+            raise BertkitError(f"--label-separator is for --task classify, not {task}",
+                               hint="drop --label-separator, or use --task classify for multi-label data")
+        if not label_separator:
+            raise BertkitError("--label-separator is empty", hint="e.g. --label-separator '|' for sports|politics")
+        return MULTI_LABEL
+    if task not in TASKS:
+        raise BertkitError(f"unknown task {task!r}", hint=f"choose one of: {', '.join(TASKS)}")
+    return TASKS[task]
 
 
 # ----------------------------------------------------------------------------------------------

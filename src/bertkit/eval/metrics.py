@@ -2,6 +2,7 @@
 
 Sentence-level: accuracy, binary F1, Matthews correlation (multi-class), Pearson and Spearman
 correlation, and `glue_metrics`, which reports each GLUE task's official metrics by name.
+Multi-label: `multi_label_metrics`, micro- and macro-averaged F1 and subset accuracy.
 Entity-level: `entity_f1`, which chunks tag sequences exactly as seqeval's default mode (the
 conlleval rules) does. Tests hold each of these equal to scikit-learn, scipy and seqeval.
 
@@ -108,6 +109,34 @@ def glue_metrics(task: str, preds: Sequence, labels: Sequence) -> dict[str, floa
         raise ValueError(f"{task!r} is not a sentence classification or regression task; "
                          "use entity_f1 for tagging and eval.squad.evaluate for SQuAD")
     return {name: _SENTENCE_METRICS[name](preds, labels) for name in spec.metrics}
+
+
+def multi_label_metrics(true_sets: Sequence[Sequence[str]], pred_sets: Sequence[Sequence[str]],
+                        label_list: Sequence[str]) -> dict[str, float]:
+    """Scores of predicted label sets against the true ones (each a list of names from label_list).
+
+    micro_f1: F1 over every (example, label) yes/no decision pooled; macro_f1: the mean of each label's
+    F1, a label never true nor predicted counting 0 (as scikit-learn's f1_score(average="macro"));
+    subset_accuracy: the share of examples whose predicted set is exactly the true set.
+    """
+    if len(true_sets) != len(pred_sets):
+        raise ValueError(f"{len(true_sets)} true label sets but {len(pred_sets)} predicted")
+    index = {label: i for i, label in enumerate(label_list)}
+    truth = np.zeros((len(true_sets), len(label_list)), dtype=bool)  # (examples, labels) multi-hot
+    predicted = np.zeros_like(truth)
+    for row, (true_labels, pred_labels) in enumerate(zip(true_sets, pred_sets)):
+        truth[row, [index[label] for label in true_labels]] = True
+        predicted[row, [index[label] for label in pred_labels]] = True
+    true_pos = (truth & predicted).sum(0)  # (labels,)
+    false_pos = (~truth & predicted).sum(0)
+    false_neg = (truth & ~predicted).sum(0)
+
+    def f1(tp, fp, fn):
+        return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(np.shape(tp)), where=(2 * tp + fp + fn) > 0)
+
+    return {"micro_f1": float(f1(true_pos.sum(), false_pos.sum(), false_neg.sum())),
+            "macro_f1": float(f1(true_pos, false_pos, false_neg).mean()) if len(label_list) else 0.0,
+            "subset_accuracy": float((truth == predicted).all(1).mean()) if len(true_sets) else 0.0}
 
 
 # ----------------------------------------------------------------------------------------------

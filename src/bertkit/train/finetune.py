@@ -3,6 +3,8 @@
 Sentence-level tasks (GLUE, your own classify/regress files) read the pooled [CLS] output; tagging
 (NER) reads every token's output; span QA (SQuAD) predicts start and end tokens; multiple choice
 scores each choice's [CLS]. The task table (data/tasks.py) says which head and metric a task uses.
+classify with --label-separator is multi-label: a sigmoid per label, every label above --threshold
+predicted, saved with problem_type multi_label_classification so transformers trains it the same way.
 
 The loop: length-grouped batches (texts of similar length batched together, so little compute goes to
 padding), AdamW with warmup and linear decay, gradient clipping, optional bf16 autocast; evaluation on
@@ -32,8 +34,12 @@ from bertkit.inference import feature_length
 from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
 
 HEADS = {"classification": "BertForSequenceClassification", "regression": "BertForSequenceClassification",
+         "multi_label": "BertForSequenceClassification",
          "tagging": "BertForTokenClassification", "span": "BertForQuestionAnswering",
          "choice": "BertForMultipleChoice"}
+# The loss a sentence-level kind trains with, saved as config.json's problem_type so transformers computes it too.
+PROBLEM_TYPES = {"classification": "single_label_classification", "multi_label": "multi_label_classification",
+                 "regression": "regression"}
 TASK_FILE = "bertkit_task.json"  # the task settings a fine-tuned directory was trained with
 
 
@@ -60,6 +66,8 @@ class FinetuneConfig:
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    label_separator: str | None = None  # classify: multi-label, several labels per field split on this
+    threshold: float = 0.5  # multi-label: every label whose probability is above it is predicted
     label_all_subtokens: bool = False
     doc_stride: int = 128
     max_query_len: int = 64
@@ -89,7 +97,7 @@ def _read(cfg: FinetuneConfig, path: str | None, labeled: bool = True, training:
     spec = TASKS[cfg.task]
     if cfg.task in ("classify", "regress"):
         examples = spec.read(path, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
-                             label_column=cfg.label_column, labeled=labeled)
+                             label_column=cfg.label_column, labeled=labeled, label_separator=cfg.label_separator)
     elif spec.kind == "span":
         examples = read_squad(path, version_2=cfg.task == "squad2", training=training, labeled=labeled)[0]
     elif spec.kind == "choice":
@@ -117,12 +125,22 @@ def task_files(cfg: FinetuneConfig) -> dict[str, str | None]:
     return {"train": cfg.train, "dev": cfg.dev, "test": cfg.test}
 
 
+def label_spec(cfg: FinetuneConfig):
+    """The task's spec (multi-label for classify with --label-separator), with --threshold checked."""
+    from bertkit.data.tasks import task_spec
+
+    if not 0 < cfg.threshold < 1:
+        raise BertkitError(f"--threshold {cfg.threshold}: must be between 0 and 1 (exclusive)",
+                           hint="a probability: every label more probable than it is predicted, e.g. 0.5")
+    return task_spec(cfg.task, cfg.label_separator)
+
+
 def encode(kind: str, examples, tokenizer, cfg: FinetuneConfig, label_list, training: bool):
     """Examples -> (features, number truncated)."""
     from bertkit.data import features as F
 
     max_len = cfg.max_seq_len or (384 if kind == "span" else 128)
-    if kind in ("classification", "regression"):
+    if kind in ("classification", "multi_label", "regression"):
         return F.encode_sentence_tasks(examples, tokenizer, max_len, label_list)
     if kind == "tagging":
         return F.encode_tagging(examples, tokenizer, max_len, label_list, cfg.label_all_subtokens)
@@ -174,6 +192,7 @@ def score(kind: str, task: str, examples, features, outputs, label_list, cfg: Fi
     """(metrics dict, predictions per example)."""
     from bertkit.data.features import word_tags
     from bertkit.eval import metrics, squad
+    from bertkit.inference import labels_above
 
     if kind == "span":
         starts = [o[0][:len(f["input_ids"])] for o, f in zip(outputs, features)]
@@ -194,6 +213,11 @@ def score(kind: str, task: str, examples, features, outputs, label_list, cfg: Fi
         if examples[0].label is None:
             return {}, predicted
         return metrics.entity_f1([e.label for e in examples], predicted), predicted
+    if kind == "multi_label":
+        predicted = [labels_above(o, label_list, cfg.threshold)[0] for o in outputs]
+        if examples[0].label is None:
+            return {}, predicted
+        return metrics.multi_label_metrics([e.label for e in examples], predicted, label_list), predicted
     if kind == "regression":
         preds = [float(o[0]) for o in outputs]
         labels = [e.label for e in examples]
@@ -217,10 +241,12 @@ def _load_model(kind: str, model_dir: str, label_list):
 
     cls = getattr(models, HEADS[kind])
     overrides = {}
-    if kind == "classification" or kind == "tagging":
+    if kind in ("classification", "multi_label", "tagging"):
         overrides["id2label"] = dict(enumerate(label_list))
     elif kind == "regression":
         overrides["id2label"] = {0: "score"}
+    if kind in PROBLEM_TYPES:
+        overrides["problem_type"] = PROBLEM_TYPES[kind]
     return cls.from_pretrained(model_dir, **overrides)
 
 
@@ -367,12 +393,14 @@ def save_model_dir(model, tokenizer, out: str, cfg: FinetuneConfig, data: dict,
         "task": cfg.task, "kind": data["kind"], "labels": data["labels"], "max_seq_len": cfg.max_seq_len,
         "doc_stride": cfg.doc_stride, "max_query_len": cfg.max_query_len,
         "null_threshold": cfg.null_threshold if best_null_threshold is None else best_null_threshold,
-        "text_column": cfg.text_column, "text_pair_column": cfg.text_pair_column, "label_column": cfg.label_column})
+        "text_column": cfg.text_column, "text_pair_column": cfg.text_pair_column, "label_column": cfg.label_column,
+        "problem_type": PROBLEM_TYPES.get(data["kind"]), "label_separator": cfg.label_separator,
+        "threshold": cfg.threshold})
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune for each seed; returns the summary written to OUT/eval_results.json."""
-    from bertkit.data.tasks import TASKS, check_labels, make_label_list
+    from bertkit.data.tasks import check_labels, make_label_list
     from bertkit.tokenizer import Tokenizer
 
     files = task_files(cfg)
@@ -387,14 +415,17 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if cfg.tensorboard:
         require_tensorboard()
     check_resume(cfg)
-    spec = TASKS[cfg.task]
+    spec = label_spec(cfg)
     tokenizer = Tokenizer.from_pretrained(cfg.model)
     train_examples = _read(cfg, files["train"], training=True)
     if cfg.max_train_examples:
         train_examples = train_examples[:cfg.max_train_examples]
     dev_examples = _read(cfg, files["dev"])
     label_list = make_label_list(cfg.task, train_examples)
-    if spec.kind in ("classification", "tagging"):
+    if spec.kind == "multi_label" and not label_list:
+        raise BertkitError(f"{files['train']}: no example has a label", hint=f"is {cfg.label_column!r} the label "
+                           f"column, and {cfg.label_separator!r} the separator between its labels?")
+    if spec.kind in ("classification", "multi_label", "tagging"):
         check_labels(dev_examples, label_list, files["dev"])
     train_feats, cut_train = encode(spec.kind, train_examples, tokenizer, cfg, label_list, training=True)
     dev_feats, cut_dev = encode(spec.kind, dev_examples, tokenizer, cfg, label_list, training=False)
@@ -528,19 +559,52 @@ def read_task_settings(model_dir: str) -> dict:
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise BertkitError(f"{path}: labels should be a list of strings or null, got {reprlib.repr(labels)}",
                            hint=hint)
+    separator = settings.get("label_separator")
+    if separator is not None and not (isinstance(separator, str) and separator):
+        raise BertkitError(f"{path}: label_separator should be a non-empty string or null, got {separator!r}",
+                           hint=hint)
+    threshold = settings.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise BertkitError(f"{path}: threshold should be a number between 0 and 1, got {threshold!r}", hint=hint)
+    problem_type = settings.get("problem_type")
+    if problem_type is not None and problem_type not in PROBLEM_TYPES.values():
+        raise BertkitError(f"{path}: problem_type should be one of {', '.join(PROBLEM_TYPES.values())} or null, "
+                           f"got {reprlib.repr(problem_type)}", hint=hint)
     return settings
 
 
+def _finetuned_spec(cfg: FinetuneConfig, model, labeled: bool):
+    """The task spec to evaluate or predict with: a multi-label model (config.json's problem_type) makes
+    classify multi-label; reading its labels (evaluate) needs the separator, from --label-separator or
+    the directory's bertkit_task.json."""
+    from bertkit.data.tasks import MULTI_LABEL
+
+    spec = label_spec(cfg)
+    problem_type = model.config.problem_type
+    if spec.kind == "multi_label" and problem_type not in (None, "multi_label_classification"):
+        raise BertkitError(f"--label-separator: --model {cfg.model} is not a multi-label classifier "
+                           f"(problem_type {problem_type} in its config.json)", hint="drop --label-separator")
+    if problem_type == "multi_label_classification" and spec.kind != "multi_label":
+        if cfg.task != "classify":
+            raise BertkitError(f"--model {cfg.model} is a multi-label classifier, and --task {cfg.task} is not",
+                               hint="use --task classify")
+        if labeled:
+            raise BertkitError(f"--model {cfg.model} is a multi-label classifier: say how its labels are "
+                               "separated in the label column", hint="pass --label-separator, e.g. '|' for sports|politics")
+        return MULTI_LABEL
+    return spec
+
+
 def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
-    from bertkit.data.tasks import TASKS, check_labels
+    from bertkit.data.tasks import check_labels
 
     model, tokenizer, settings, labels = load_finetuned(cfg.model, cfg.task)
     cfg = _with_settings(cfg, settings)
-    check_length(cfg, TASKS[cfg.task].kind, model.config.max_position_embeddings)
+    kind = _finetuned_spec(cfg, model, labeled=True).kind
+    check_length(cfg, kind, model.config.max_position_embeddings)
     files = task_files(cfg)
-    kind = TASKS[cfg.task].kind
     examples = _read(cfg, files["dev"])
-    if kind in ("classification", "tagging"):
+    if kind in ("classification", "multi_label", "tagging"):
         check_labels(examples, labels, files["dev"], known_from="the model's labels")
     feats, _ = encode(kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
@@ -555,11 +619,9 @@ def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
 
 def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     """Predictions for unlabeled input: GLUE tasks as the benchmark's submission TSV, others as JSONL."""
-    from bertkit.data.tasks import TASKS
-
     model, tokenizer, settings, labels = load_finetuned(cfg.model, cfg.task)
     cfg = _with_settings(cfg, settings)
-    spec = TASKS[cfg.task]
+    spec = _finetuned_spec(cfg, model, labeled=False)
     check_length(cfg, spec.kind, model.config.max_position_embeddings)
     examples = _read(cfg, input_path, labeled=False)
     feats, _ = encode(spec.kind, examples, tokenizer, cfg, labels, training=False)
