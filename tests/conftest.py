@@ -72,10 +72,11 @@ def prepared(tmp_path_factory):
     return root
 
 
-def pretrain_args(prepared, out, *extra):
+def pretrain_args(prepared, out, *extra, precision="fp32"):
+    """(fp32 unless asked: the tests compare losses to 1e-5, which must not depend on the CPU's bf16)"""
     return ["pretrain", "--data", prepared / "data", "--out", out, "--model-config", "tiny", "--steps", 8,
             "--batch-size", 4, "--seq-len", 32, "--lr", 1e-3, "--log-every", 1, "--eval-every", 4,
-            "--eval-samples", 8, "--save-every", 3, "--quiet", *extra]
+            "--eval-samples", 8, "--save-every", 3, "--precision", precision, "--quiet", *extra]
 
 
 # A tiny fine-tuning setup shared by the fine-tuning and reliability tests.

@@ -25,7 +25,7 @@ def test_attention_probabilities_match_transformers():
     from bertkit.tokenizer import Tokenizer
 
     tokens, probs = attention_maps(BertModel.from_pretrained(minilm_path()), Tokenizer.from_pretrained(minilm_path()),
-                                   "The cat sat on the mat.", pair="It slept.")
+                                   "The cat sat on the mat.", pair="It slept.", precision="fp32")
     assert probs.shape == (6, 12, len(tokens), len(tokens))
     assert np.allclose(probs.sum(-1), 1.0, atol=1e-5)
     tok = transformers.AutoTokenizer.from_pretrained(minilm_path())
@@ -49,7 +49,7 @@ def test_attention_png_has_a_panel_per_layer_and_head(tmp_path):
 def test_attention_html_holds_every_layer_and_head(tmp_path):
     out = tmp_path / "attention.html"
     run_cli("attention", "--model", minilm_path(), "Where is </script> the cat?", "--pair", "In the hat.",
-            "--out", out)
+            "--out", out, "--precision", "fp32")
     html = out.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert html.count("</script>") == 1  # the text cannot close the page's script early

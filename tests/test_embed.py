@@ -39,7 +39,7 @@ def run_embed(tmp_path, sentences, *flags):
     inp.write_text("\n".join(sentences) + "\n", encoding="utf-8")
     out = tmp_path / "out.npy"
     proc = subprocess.run([sys.executable, "-m", "bertkit", "embed", "--model", str(minilm_path()), "--input", str(inp),
-                           "--output", str(out), "--quiet", *flags], capture_output=True, text=True)
+                           "--output", str(out), "--quiet", "--precision", "fp32", *flags], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return np.load(out)
 
@@ -103,8 +103,8 @@ def test_layers_concatenated_and_averaged_equal_the_manual_computation(sentences
     ours = BertModel.from_pretrained(minilm_path())
     tokenizer = Tokenizer.from_pretrained(minilm_path())
     layers = parse_layers("-1,-2,-3,-4", ours.config.num_hidden_layers)
-    concat = embed(ours, tokenizer, texts, layers=layers, layer_merge="concat", batch_size=4)
-    mean = embed(ours, tokenizer, texts, layers=layers, layer_merge="mean", batch_size=4)
+    concat = embed(ours, tokenizer, texts, layers=layers, layer_merge="concat", batch_size=4, precision="fp32")
+    mean = embed(ours, tokenizer, texts, layers=layers, layer_merge="mean", batch_size=4, precision="fp32")
     assert concat.shape == (6, 4 * 384) and mean.shape == (6, 384)
 
     tok = transformers.AutoTokenizer.from_pretrained(minilm_path())
@@ -116,7 +116,7 @@ def test_layers_concatenated_and_averaged_equal_the_manual_computation(sentences
     pooled = [((states[i] * mask).sum(1) / mask.sum(1)).numpy() for i in (-1, -2, -3, -4)]
     assert np.abs(concat - np.concatenate(pooled, axis=1)).max() < 1e-5
     assert np.abs(mean - np.mean(pooled, axis=0)).max() < 1e-5
-    assert np.abs(concat[:, :384] - embed(ours, tokenizer, texts)).max() < 1e-6  # -1 alone is the default
+    assert np.abs(concat[:, :384] - embed(ours, tokenizer, texts, precision="fp32")).max() < 1e-6  # -1 alone is the default
 
 
 def test_pooling_none_gives_every_token_with_its_offsets(tmp_path):
@@ -128,7 +128,7 @@ def test_pooling_none_gives_every_token_with_its_offsets(tmp_path):
     inp.write_text("\n".join(texts) + "\n", encoding="utf-8")
     out = tmp_path / "tokens.jsonl"
     proc = subprocess.run([sys.executable, "-m", "bertkit", "embed", "--model", str(minilm_path()), "--input", str(inp),
-                           "--output", str(out), "--pooling", "none", "--quiet"], capture_output=True, text=True)
+                           "--output", str(out), "--pooling", "none", "--quiet", "--precision", "fp32"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     tok = transformers.AutoTokenizer.from_pretrained(minilm_path())

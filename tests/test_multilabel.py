@@ -260,7 +260,7 @@ def test_finetune_evaluate_predict_multi_label(multilabel_run, tmp_path):
     from bertkit.tokenizer import Tokenizer
 
     texts = ["goal vote", "museum poem"]
-    pipe = Pipeline.from_pretrained(str(out), device="cpu")
+    pipe = Pipeline.from_pretrained(str(out), device="cpu", precision="fp32")
     model = BertForSequenceClassification.from_pretrained(out).eval()
     with torch.no_grad():
         probs = torch.sigmoid(model(**Tokenizer.from_pretrained(out)(texts)).logits)  # (2, 3)

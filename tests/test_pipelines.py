@@ -45,7 +45,7 @@ def dirs(tmp_path_factory):
 def pipeline(directory):
     from bertkit.pipelines import Pipeline
 
-    return Pipeline.from_pretrained(str(directory), device="cpu")
+    return Pipeline.from_pretrained(str(directory), device="cpu", precision="fp32")
 
 
 def test_classify_gives_the_models_probabilities_for_texts_and_pairs(dirs):

@@ -96,7 +96,7 @@ def test_the_choice_reaches_run_settings_and_metrics(prepared, tmp_path, capabil
 
     capability(native)
     out = tmp_path / "run"
-    assert main([str(a) for a in pretrain_args(prepared, out, "--steps", 4, "--threads", 1)]) == 0
+    assert main([str(a) for a in pretrain_args(prepared, out, "--steps", 4, "--threads", 1, precision="auto")]) == 0
     settings = json.loads((out / "run.json").read_text())
     assert (settings["precision"], settings["precision_used"]) == ("auto", expected)
     assert settings["precision_reason"].startswith("auto: ") and settings["threads"] == 1

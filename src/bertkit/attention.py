@@ -37,8 +37,8 @@ def attention_maps(model, tokenizer, text: str, pair: str | None = None,
     return tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist()), probs
 
 
-def _pick(probs: np.ndarray, layer: int, head: int) -> tuple[int, int]:
-    n_layers, n_heads = probs.shape[:2]
+def pick_head(n_layers: int, n_heads: int, layer: int, head: int) -> tuple[int, int]:
+    """(layer, head) as non-negative indices, or a clear error when the model has no such layer or head."""
     if not -n_layers <= layer < n_layers:
         raise BertkitError(f"--layer {layer}: the model has {n_layers} layers", hint=f"use 0 to {n_layers - 1} or -1")
     if not -n_heads <= head < n_heads:
@@ -55,7 +55,7 @@ def draw_png(tokens: list[str], probs: np.ndarray, out: str, layer: int = -1, he
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layer, head = _pick(probs, layer, head)
+    layer, head = pick_head(*probs.shape[:2], layer, head)
     n_layers, n_heads, n = probs.shape[:3]
     cell = 0.9
     big = max(4.0, 0.28 * n)
@@ -138,7 +138,7 @@ draw();
 
 def write_html(tokens: list[str], probs: np.ndarray, out: str, layer: int = -1, head: int = 0) -> dict:
     """A self-contained page (no network) with the maps of every layer and head, chosen in two menus."""
-    layer, head = _pick(probs, layer, head)
+    layer, head = pick_head(*probs.shape[:2], layer, head)
     data = {"tokens": tokens, "layers": probs.shape[0], "heads": probs.shape[1], "layer": layer, "head": head,
             "attentions": np.round(probs, 4).tolist()}
     payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")  # no "</script>" inside the script

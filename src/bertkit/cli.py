@@ -133,7 +133,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
 
 
 def cmd_attention(args: argparse.Namespace) -> None:
-    from bertkit.attention import attention_maps, draw_png, write_html
+    from bertkit.attention import attention_maps, draw_png, pick_head, write_html
     from bertkit.checkpoint import load_model
     from bertkit.model import BertModel
     from bertkit.tokenizer import Tokenizer
@@ -142,6 +142,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
         raise BertkitError(f"--out {args.out}: must end in .png or .html", hint="e.g. --out attention.png")
     model = load_model(args.model)
     encoder = model if isinstance(model, BertModel) else model.bert
+    pick_head(encoder.config.num_hidden_layers, encoder.config.num_attention_heads, args.layer, args.head)
     tokens, probs = attention_maps(encoder, Tokenizer.from_pretrained(args.model), args.text, args.pair,
                                    precision=args.precision)
     draw = draw_png if args.out.endswith(".png") else write_html

@@ -46,8 +46,8 @@ class Pipeline:
                  batch_size: int = 64):
         from bertkit.device import resolve_precision
 
-        # checked (and, for auto, decided) now, for the device the model is on
-        precision = resolve_precision(precision, next(model.parameters()).device).name
+        # checked now; said at the first batch the model runs (after the inputs are checked)
+        resolve_precision(precision, next(model.parameters()).device, announce=False)
         self.model, self.tokenizer, self.settings = model.eval(), tokenizer, settings or {}
         self.precision, self.batch_size = precision, batch_size
         self.task = TASK_OF_HEAD.get(type(model).__name__)
