@@ -130,7 +130,7 @@ def test_pretrain_stops_gracefully_and_resumes_exactly(prepared, tmp_path, sig):
     wait_for_lines(tmp_path / "run" / "metrics.jsonl", 3, proc)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 128 + sig, stderr  # 130 / 143, as shells report it: the run did not finish
     assert "Resume with the same command plus --resume" in stderr
     stopped = [n for n in os.listdir(tmp_path / "run" / "checkpoints") if n.startswith("step-")]
     assert len(stopped) == 1 and int(stopped[0][5:]) < 300  # saved where it stopped, not at a save point
@@ -147,11 +147,35 @@ def test_finetune_stops_gracefully_and_resumes_exactly(tiny_model, sst2, tmp_pat
     wait_for_lines(tmp_path / "run" / "metrics.jsonl", 5, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 143, stderr
     assert "Resume with the same command plus --resume" in stderr
     assert not (tmp_path / "run" / "eval_results.json").exists()
     run_cli(*finetune_args(tiny_model, sst2, tmp_path / "run", *extra, "--resume"))
     assert_same_weights(tmp_path / "straight" / "model.safetensors", tmp_path / "run" / "model.safetensors")
+
+
+def test_demo_interrupted_exits_130_and_resumes(tmp_path):
+    """The demo's stop message promises --resume: it exists, reuses the vocabulary and data, and continues the
+    pre-training from the checkpoint; a changed option is refused by name and the directory kept."""
+    out = tmp_path / "demo"
+    args = ["demo", "--out", out, "--steps", 400, "--batch-size", 8, "--seq-len", 32, "--corpus-bytes", 200_000,
+            "--quiet"]
+    proc = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_lines(out / "run" / "metrics.jsonl", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr  # it did not finish, and says so
+    assert "Resume with the same command plus --resume" in stderr
+    assert not (out / "run" / "model").exists()
+    changed = run_cli(*args, "--resume", "--seed", 1, check=False)
+    assert_one_line_error(changed, "other settings", "seed 0 (now 1)")
+    assert (out / "data" / "manifest.json").exists()  # refused, and nothing of the first try lost
+    resumed = run_cli(*args, "--resume")
+    assert "reusing the" in resumed.stdout and "resuming from" in resumed.stderr, resumed.stdout + resumed.stderr
+    assert "MLM accuracy" in resumed.stdout
+    assert (out / "run" / "model" / "model.safetensors").exists()
+    steps = [json.loads(line)["step"] for line in open(out / "run" / "metrics.jsonl") if "split" not in line]
+    assert steps == list(range(25, 401, 25))  # one run's log, continued where it stopped
 
 
 def test_finetune_resume_refuses_other_settings(tiny_model, sst2, tmp_path):

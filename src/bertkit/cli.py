@@ -7,11 +7,12 @@ written atomically, so a failed run leaves what was on disk untouched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, Interrupted
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -110,7 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     run_demo(args.out, corpus_files=args.corpus, steps=args.steps, precision=args.precision, seed=args.seed,
              corpus_bytes=args.corpus_bytes, model_config=args.model_config, lr=args.lr, seq_len=args.seq_len,
-             batch_size=args.batch_size, vocab_size=args.vocab_size, show_progress=not args.quiet)
+             batch_size=args.batch_size, vocab_size=args.vocab_size, show_progress=not args.quiet, resume=args.resume)
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
@@ -196,8 +197,6 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from bertkit.train.finetune import finetune
 
     summary = finetune(_finetune_config(args))
-    if "stopped" in summary:
-        return
     shown = {k: v for k, v in summary.items() if isinstance(v, dict) and "mean" in v}
     print(", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in shown.items()))
 
@@ -386,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=positive_int, default=4000)
     p.add_argument("--corpus-bytes", type=positive_int, default=3_000_000,
                    help="cap on the built-in corpus (a smaller one runs faster)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted demo in --out (same options): its vocabulary and data are reused, "
+                        "pre-training continues from its newest checkpoint")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -487,23 +489,130 @@ def _negative_lists(argv: list[str]) -> list[str]:
     return out
 
 
+# The directory each command creates. When the command fails or is interrupted, a directory it created is
+# removed again (one it found empty is emptied), so nothing half-written is left and a retry does not stop at
+# "already exists"; unless the directory now holds work that --resume continues (RESUMABLE).
+OUTPUT_DIRS = {"vocab": "out", "prepare": "out", "pretrain": "out", "demo": "out", "finetune": "out",
+               "convert": "out"}
+
+
+def _has_checkpoint(path: str) -> bool:
+    import glob
+
+    pattern = os.path.join(glob.escape(path), "**", "checkpoints", "step-*", "trainer_state.json")
+    return bool(glob.glob(pattern, recursive=True))
+
+
+RESUMABLE = {"pretrain": _has_checkpoint, "finetune": _has_checkpoint,
+             "demo": lambda path: _has_checkpoint(path) or os.path.isfile(os.path.join(path, "data", "manifest.json"))}
+
+
+def _output_dir_state(args: argparse.Namespace) -> tuple[str, bool, bool] | None:
+    """(the command's output directory, whether it existed, whether it held anything) before the command ran."""
+    name = OUTPUT_DIRS.get(args.command)
+    path = getattr(args, name, None) if name else None
+    if not path:
+        return None
+    path = os.path.abspath(path)
+    existed = os.path.isdir(path)
+    return path, existed, existed and bool(os.listdir(path))
+
+
+def _undo_output_dir(command: str, before: tuple[str, bool, bool] | None) -> None:
+    """After a failure: remove what this command wrote into an output directory that was absent or empty."""
+    import shutil
+
+    if before is None or before[2] or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone
+        return
+    path, existed, _ = before
+    if not os.path.isdir(path) or RESUMABLE.get(command, lambda _: False)(path):
+        return
+    if not existed:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in os.listdir(path):
+        target = os.path.join(path, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+
+
+# What to try when memory runs out, by command: the options that size what is held at once.
+MEMORY_HINTS = {
+    "pretrain": "use a smaller --batch-size (with --grad-accum N to keep the samples per step) or a shorter --seq-len",
+    "demo": "use a smaller --batch-size or a shorter --seq-len",
+    "finetune": "use a smaller --batch-size or --eval-batch-size, or a shorter --max-seq-len",
+    "evaluate": "use a smaller --eval-batch-size or a shorter --max-seq-len",
+    "predict": "use a smaller --eval-batch-size or a shorter --max-seq-len",
+    "embed": "use a smaller --batch-size or a shorter --max-seq-len",
+    "prepare": "use fewer --workers, or split the corpus into several prepare runs (pretrain takes several --data)",
+}
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """One line for an allocation failure (torch's CPU or CUDA allocator, numpy, Python), else None."""
+    import re
+
+    import torch
+
+    text = str(error)
+    cpu_failure = isinstance(error, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text
+                                                        or "out of memory" in text.lower())
+    if not isinstance(error, (MemoryError, torch.OutOfMemoryError)) and not cpu_failure:
+        return None
+    where = "GPU memory" if isinstance(error, torch.OutOfMemoryError) or "CUDA" in text else "memory"
+    size = None
+    if m := re.search(r"tried to allocate (\d+) bytes", text, re.IGNORECASE):
+        size = f"{int(m.group(1)) / 2 ** 30:.2f} GiB"
+    elif m := re.search(r"(?:tried to|unable to) allocate ([\d.]+ ?[KMGT]iB)", text, re.IGNORECASE):
+        size = m.group(1)
+    needed = f" (an allocation of {size} failed)" if size else ""
+    return f"out of {where}{needed}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(_negative_lists(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    before = _output_dir_state(args)
+
+    def terminated(signum, frame):  # SIGTERM ends a command as Ctrl-C does: cleaned up, exit status 143
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    status = 0
     try:
         args.func(args)
     except BertkitError as e:
         print(f"bertkit {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        status = 2
     except OSError as e:  # a disk full, a directory where a file was expected, no permission
         where = f"{e.filename}: " if e.filename else ""
         print(f"bertkit {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
+        status = 2
+    except Interrupted as e:
+        print(f"bertkit {args.command}: {e.message or 'interrupted'}", file=sys.stderr)
+        status = 128 + e.signum
     except KeyboardInterrupt:
         print(f"bertkit {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        status = 128 + signal.SIGINT
+    except (MemoryError, RuntimeError) as e:
+        message = out_of_memory(e)
+        if message is None:
+            _undo_output_dir(args.command, before)
+            raise
+        hint = MEMORY_HINTS.get(args.command, "work on less at once")
+        print(f"bertkit {args.command}: error: {message}; {hint}", file=sys.stderr)
+        status = 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if status:
+        _undo_output_dir(args.command, before)
+    return status
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bertkit.device import default_device, to_device
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, Interrupted
 from bertkit.files import atomic_write_json, atomic_write_text, check_output_dir
 from bertkit.inference import feature_length
 from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
@@ -424,9 +424,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
             try:
                 results[seed] = train_one_seed(cfg, seed, out, data, tokenizer, device, stop)
             except Stopped as e:
-                print(f"stopped at step {e.step} of seed {seed}; checkpoint {e.path}. "
-                      "Resume with the same command plus --resume", file=sys.stderr)
-                return {"stopped": e.path}
+                raise Interrupted(stop.signum, f"stopped at step {e.step} of seed {seed}; checkpoint {e.path}. "
+                                               "Resume with the same command plus --resume") from None
     summary = summarize(results, spec.metrics)
     if len(cfg.seeds) > 1:
         atomic_write_json(os.path.join(cfg.out, "eval_results.json"), summary)

@@ -25,7 +25,7 @@ import torch
 
 from bertkit.config import BertConfig, preset
 from bertkit.device import to_device
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, Interrupted
 from bertkit.files import atomic_write_json, check_output_dir
 from bertkit.model import BertForPreTraining
 from bertkit.train import distributed
@@ -343,18 +343,23 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 distributed.barrier(world)
                 paused_seconds += time.perf_counter() - eval_started
 
-            stop_now = distributed.all_reduce_sum([float(stop.requested)], world)[0] > 0 or step == cfg.stop_at
+            # a signal on any rank stops every rank; the signal's number (summed with the count) sets the exit status
+            asked, signums = distributed.all_reduce_sum([float(stop.requested), float(stop.signum or 0)], world)
+            stop_now = asked > 0 or step == cfg.stop_at
             if step % cfg.save_every == 0 or step == last_step or stop_now:
                 save_started = time.perf_counter()
                 path = checkpoint(step)
                 paused_seconds += time.perf_counter() - save_started
                 if stop_now and step < last_step:
                     progress.close()
+                    message = f"stopped at step {step}; checkpoint {path}. Resume with the same command plus --resume"
                     if world.is_main:
                         log.close()
-                        print(f"stopped at step {step}; checkpoint {path}. Resume with the same command plus --resume",
-                              file=sys.stderr)
                     distributed.teardown()
+                    if asked > 0:  # a signal: the run did not finish, and its exit status says so
+                        raise Interrupted(round(signums / asked), message)
+                    if world.is_main:  # --stop-at: a stop asked for by design, exit status 0
+                        print(message, file=sys.stderr)
                     return last_eval
     progress.close()
     if world.is_main:
