@@ -259,6 +259,42 @@ def test_finetune_skips_nan_steps_then_stops_after_too_many(tiny_model, sst2, tm
 
 
 # ----------------------------------------------------------------------------------------------
+# Running out of memory: one line, exit status 2, the output directory as it was
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                 "tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 8 GiB"),
+    MemoryError()])
+def test_out_of_memory_is_one_line_and_leaves_no_output(tiny_model, sst2, prepared, tmp_path, monkeypatch, capsys,
+                                                         error):
+    from bertkit.cli import main
+    from bertkit.model import BertForPreTraining, BertForSequenceClassification
+
+    def forward(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(BertForSequenceClassification, "forward", forward)
+    monkeypatch.setattr(BertForPreTraining, "forward", forward)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    runs = {"finetune": finetune_args(tiny_model, sst2, tmp_path / "fresh"),
+            "finetune-empty": finetune_args(tiny_model, sst2, empty),
+            "pretrain": pretrain_args(prepared, tmp_path / "pre")}
+    for name, args in runs.items():
+        capsys.readouterr()
+        assert main([str(a) for a in args]) == 2, name
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert "out of" in lines[0] and "memory" in lines[0] and "--batch-size" in lines[0], lines[0]
+        if "allocate" in str(error):
+            assert ("37.25 GiB" if "40000000000" in str(error) else "2.00 GiB") in lines[0], lines[0]
+    assert not (tmp_path / "fresh").exists() and not (tmp_path / "pre").exists()  # nothing half-written
+    assert empty.is_dir() and os.listdir(empty) == []  # an empty directory the user made stays, empty
+
+
+# ----------------------------------------------------------------------------------------------
 # Disk faults and damaged checkpoints
 
 
