@@ -32,6 +32,22 @@ def test_resume_is_bit_identical(prepared, tmp_path):
     assert [s for s, *_ in losses(tmp_path / "resumed")] == list(range(1, 9))
 
 
+def test_resume_refuses_a_changed_plan_or_model_by_name(prepared, tmp_path):
+    """A resumed run keeps its learning-rate schedule: a changed --steps would restart the decay (a finished
+    300-step run resumed with --steps 400 went from lr 3.4e-6 to 2.3e-4). A changed --model-config names the
+    settings that differ, not "config.json does not describe these weights"."""
+    run = tmp_path / "run"
+    run_cli(*pretrain_args(prepared, run, "--stop-at", 3))
+    proc = run_cli(*pretrain_args(prepared, run, "--resume", "--steps", 12), check=False)
+    assert_one_line_error(proc, "learning-rate schedule", "--steps 8 (now 12)", "resume with --steps 8")
+    proc = run_cli(*pretrain_args(prepared, run, "--resume", "--model-config", "mini"), check=False)
+    assert_one_line_error(proc, "--model-config mini", "hidden_size 128 (now 256)", "num_hidden_layers 2 (now 4)")
+    assert sorted(os.listdir(run / "checkpoints")) == ["step-00000003"]  # refused before anything was written
+    run_cli(*pretrain_args(prepared, run, "--resume"))  # the original plan resumes
+    lrs = [json.loads(line)["lr"] for line in open(run / "metrics.jsonl") if "split" not in line]
+    assert lrs == sorted(lrs, reverse=True) and len(lrs) == 8  # one decaying schedule (warmup is one step)
+
+
 def test_final_model_loads_in_transformers(prepared, tmp_path):
     transformers = pytest.importorskip("transformers")
     run_cli(*pretrain_args(prepared, tmp_path / "run", "--steps", 2))

@@ -214,6 +214,37 @@ def check_resume(state: dict, cfg: PretrainConfig, world: distributed.World, pat
                            hint="resume with the original settings, or start a new --out")
 
 
+# What fixes the learning-rate schedule (warmup, then linear decay to 0 at --steps): a resumed run keeps it.
+PLAN_FIELDS = ("steps", "lr", "warmup")
+
+
+def check_plan(state: dict, cfg: PretrainConfig, path: str) -> None:
+    """A resumed run must keep the schedule it started with: a changed --steps would jump the learning rate
+    (a run that had decayed to ~0 would restart near its peak). Training on past the end is a new run from
+    the model (--init), with a schedule of its own."""
+    saved = state.get("plan")
+    if saved is None:
+        return
+    changed = [f"--{k} {saved[k]} (now {getattr(cfg, k)})" for k in PLAN_FIELDS if saved.get(k) != getattr(cfg, k)]
+    if changed:
+        original = " ".join(f"--{k} {saved[k]}" for k in PLAN_FIELDS if saved.get(k) != getattr(cfg, k))
+        raise BertkitError(f"--resume {path}: the run's learning-rate schedule was planned with {', '.join(changed)}",
+                           hint=f"resume with {original}; to train on past the planned end, start a new --out with "
+                                f"--init {os.path.join(cfg.out, 'model')} once this run has finished")
+
+
+def check_same_model(path: str, config: BertConfig, cfg: PretrainConfig) -> None:
+    """The checkpoint's config.json against the model this command builds: name each setting that differs."""
+    saved = BertConfig.load(os.path.join(path, "model", "config.json"))
+    changed = [f"{f.name} {getattr(saved, f.name)!r} (now {getattr(config, f.name)!r})"
+               for f in dataclasses.fields(BertConfig) if f.name != "extra"
+               and getattr(saved, f.name) != getattr(config, f.name)]
+    if changed:
+        given = f"--init {cfg.init}" if cfg.init else f"--model-config {cfg.model_config}"
+        raise BertkitError(f"--resume {path}: the checkpoint's model differs from {given}: {', '.join(changed)}",
+                           hint="resume with the original --model-config, or start a new --out")
+
+
 def pretrain(cfg: PretrainConfig) -> dict:
     """Run (or resume) pre-training; returns the last evaluation metrics."""
     from tqdm.auto import tqdm
@@ -234,8 +265,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
     checkpoints = complete_checkpoints(cfg.out) if cfg.resume else []
     if checkpoints:
+        check_same_model(checkpoints[-1], model.config, cfg)
         state = load_checkpoint(checkpoints[-1], model, optimizer)
         check_resume(state, cfg, world, checkpoints[-1])
+        check_plan(state, cfg, checkpoints[-1])
         step, epoch, offset = state["step"], state["epoch"], state["offset"]
         bad_steps_total = state.get("skipped_steps", 0)
         if world.is_main:
@@ -266,7 +299,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         if world.is_main:
             path = save_checkpoint(cfg.out, at_step, model, tokenizer, optimizer,
                                    {"epoch": epoch, "offset": offset, "skipped_steps": bad_steps_total,
-                                    "stream": stream_signature(cfg, world)}, keep=cfg.keep_checkpoints)
+                                    "stream": stream_signature(cfg, world),
+                                    "plan": {k: getattr(cfg, k) for k in PLAN_FIELDS}}, keep=cfg.keep_checkpoints)
         distributed.barrier(world)
         return path
 
