@@ -56,6 +56,9 @@ def test_final_model_loads_in_transformers(prepared, tmp_path):
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "run" / "model")
     assert tok("the model")["input_ids"][0] == tok.cls_token_id
     assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the run directory stands for its model/ (it used to fail: "holds neither tokenizer.json nor vocab.txt")
+    guesses = json.loads(run_cli("fill-mask", "--model", tmp_path / "run", "the [MASK] .").stdout)
+    assert len(guesses["predictions"][0]) == 5
 
 
 def test_two_process_ddp_equals_one_process_with_accumulation(prepared, tmp_path):

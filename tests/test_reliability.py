@@ -105,10 +105,11 @@ def finetune_args(tiny_model, sst2, out, *extra):
 def test_finetune_killed_anywhere_resumes_bit_identical(tiny_model, sst2, tmp_path):
     seconds = timed_run(finetune_args(tiny_model, sst2, tmp_path / "straight"))
     args = finetune_args(tiny_model, sst2, tmp_path / "killed", "--resume")
-    run_killed_many_times(args, tmp_path / "killed", seconds, seed=2)
-    assert_same_weights(tmp_path / "straight" / "model.safetensors", tmp_path / "killed" / "model.safetensors")
-    straight = json.loads((tmp_path / "straight" / "eval_results.json").read_text())
-    killed = json.loads((tmp_path / "killed" / "eval_results.json").read_text())
+    run_killed_many_times(args, tmp_path / "killed" / "seed-1", seconds, seed=2)
+    assert_same_weights(tmp_path / "straight" / "seed-1" / "model.safetensors",
+                        tmp_path / "killed" / "seed-1" / "model.safetensors")
+    straight = json.loads((tmp_path / "straight" / "seed-1" / "eval_results.json").read_text())
+    killed = json.loads((tmp_path / "killed" / "seed-1" / "eval_results.json").read_text())
     assert killed["accuracy"] == straight["accuracy"]
 
 
@@ -144,14 +145,15 @@ def test_finetune_stops_gracefully_and_resumes_exactly(tiny_model, sst2, tmp_pat
     run_cli(*finetune_args(tiny_model, sst2, tmp_path / "straight", *extra))
     proc = subprocess.Popen(cli(*finetune_args(tiny_model, sst2, tmp_path / "run", *extra)), stderr=subprocess.PIPE,
                             text=True)
-    wait_for_lines(tmp_path / "run" / "metrics.jsonl", 5, proc)
+    wait_for_lines(tmp_path / "run" / "seed-1" / "metrics.jsonl", 5, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
     assert "Resume with the same command plus --resume" in stderr
-    assert not (tmp_path / "run" / "eval_results.json").exists()
+    assert not (tmp_path / "run" / "seed-1" / "eval_results.json").exists()
     run_cli(*finetune_args(tiny_model, sst2, tmp_path / "run", *extra, "--resume"))
-    assert_same_weights(tmp_path / "straight" / "model.safetensors", tmp_path / "run" / "model.safetensors")
+    assert_same_weights(tmp_path / "straight" / "seed-1" / "model.safetensors",
+                        tmp_path / "run" / "seed-1" / "model.safetensors")
 
 
 def test_demo_interrupted_exits_130_and_resumes(tmp_path):
@@ -249,9 +251,9 @@ def test_finetune_skips_nan_steps_then_stops_after_too_many(tiny_model, sst2, tm
 
     poison(monkeypatch, BertForSequenceClassification, {2, 5})
     finetune(config(tmp_path / "a"))
-    rows = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl") if "dev" not in line]
+    rows = [json.loads(line) for line in open(tmp_path / "a" / "seed-1" / "metrics.jsonl") if "dev" not in line]
     assert rows[-1]["skipped_steps"] == 2 and rows[0]["skipped_steps"] == 0
-    assert all(torch.isfinite(w).all() for w in load_file(tmp_path / "a" / "model.safetensors").values())
+    assert all(torch.isfinite(w).all() for w in load_file(tmp_path / "a" / "seed-1" / "model.safetensors").values())
 
     poison(monkeypatch, BertForSequenceClassification, set(range(1, 100)))
     with pytest.raises(BertkitError, match="step 4: loss or gradient not finite for 4 consecutive steps"):

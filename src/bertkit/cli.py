@@ -198,7 +198,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
     summary = finetune(_finetune_config(args))
     shown = {k: v for k, v in summary.items() if isinstance(v, dict) and "mean" in v}
-    print(", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in shown.items()))
+    if len(summary["seeds"]) == 1:  # one number, not "± 0.0000": one seed has no spread to report
+        print(", ".join(f"{k} {v['mean']:.4f}" for k, v in shown.items()))
+    else:
+        print(", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in shown.items())
+              + f" (mean ± std over {len(summary['seeds'])} seeds)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -422,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps")
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--seeds", default="1", help="comma-separated; each seed runs into OUT/seed-N")
+    p.add_argument("--seeds", default="1", help="comma-separated; each seed runs into OUT/seed-N (one seed too), "
+                                                "OUT/eval_results.json holds mean and std over the seeds")
     p.add_argument("--keep", choices=["best", "last"], default="best", help="which epoch's model to keep")
     p.add_argument("--label-all-subtokens", action="store_true", help="ner: label every piece, not just the first")
     p.add_argument("--doc-stride", type=positive_int, default=128)
@@ -431,7 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=positive_int, default=50)
     p.add_argument("--save-every", type=int, default=500,
                    help="steps between checkpoints in OUT/checkpoints (one is also written at each epoch end)")
-    p.add_argument("--keep-checkpoints", type=positive_int, default=1)
+    p.add_argument("--keep-checkpoints", type=positive_int, default=1,
+                   help="checkpoints kept during the run; a finished seed's are all deleted at its end")
+    p.add_argument("--keep-checkpoints-at-end", action="store_true",
+                   help="keep the checkpoints of a finished run (by default deleted: nothing is left to resume)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its newest complete checkpoint")
     p.add_argument("--max-bad-steps", type=positive_int, default=10,
@@ -586,6 +594,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, terminated)
     status = 0
     try:
+        from bertkit.checkpoint import resolve_model_dir
+
+        for name in ("model", "init"):  # a run directory names its model: RUN/model, OUT/seed-N
+            if isinstance(getattr(args, name, None), str):
+                setattr(args, name, resolve_model_dir(getattr(args, name)))
         args.func(args)
     except BertkitError as e:
         print(f"bertkit {args.command}: error: {e}", file=sys.stderr)

@@ -7,7 +7,9 @@ scores each choice's [CLS]. The task table (data/tasks.py) says which head and m
 The loop: length-grouped batches (texts of similar length batched together, so little compute goes to
 padding), AdamW with warmup and linear decay, gradient clipping, optional bf16 autocast; evaluation on
 dev after each epoch, keeping the best epoch by the task's main metric (or the last, --keep last).
-Several seeds run into OUT/seed-N and OUT/eval_results.json reports mean and std of every metric.
+Each seed runs into OUT/seed-N (one seed too: one layout), and OUT/eval_results.json reports the mean and
+std of every metric over the seeds. A finished seed's intermediate checkpoints are deleted (a run that has
+finished has nothing to resume) unless keep_checkpoints_at_end.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class FinetuneConfig:
     group_by_length: bool = True
     log_every: int = 50
     save_every: int = 500  # steps between checkpoints (and one at each epoch end); 0: epoch ends only
-    keep_checkpoints: int = 1
+    keep_checkpoints: int = 1  # during the run; at its end all are deleted, unless keep_checkpoints_at_end
+    keep_checkpoints_at_end: bool = False
     max_bad_steps: int = 10  # stop after this many consecutive non-finite steps
     resume: bool = False
     tensorboard: bool = False
@@ -354,7 +357,21 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
     if train_seconds:  # (a run resumed after its last step trained for no time here)
         best["train_samples_per_s"] = len(train_feats) * cfg.epochs / train_seconds
     atomic_write_json(os.path.join(out, "eval_results.json"), best)
+    if not cfg.keep_checkpoints_at_end:  # finished: nothing left to resume (a MiniLM checkpoint is ~130 MB)
+        remove_checkpoints(out)
     return best
+
+
+def remove_checkpoints(out: str) -> None:
+    """Delete OUT/checkpoints: renamed first, so an interruption never leaves a half-deleted checkpoint that
+    looks complete."""
+    import shutil
+
+    root, doomed = os.path.join(out, "checkpoints"), os.path.join(out, ".checkpoints.deleted")
+    shutil.rmtree(doomed, ignore_errors=True)
+    if os.path.isdir(root):
+        os.replace(root, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def save_model_dir(model, tokenizer, out: str, cfg: FinetuneConfig, data: dict,
@@ -415,7 +432,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
     with StopRequest() as stop:
         for seed in cfg.seeds:
-            out = cfg.out if len(cfg.seeds) == 1 else os.path.join(cfg.out, f"seed-{seed}")
+            out = os.path.join(cfg.out, f"seed-{seed}")
             done = os.path.join(out, "eval_results.json")
             if cfg.resume and os.path.isfile(done):  # this seed finished before the interruption
                 with open(done, encoding="utf-8") as f:
@@ -427,15 +444,14 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 raise Interrupted(stop.signum, f"stopped at step {e.step} of seed {seed}; checkpoint {e.path}. "
                                                "Resume with the same command plus --resume") from None
     summary = summarize(results, spec.metrics)
-    if len(cfg.seeds) > 1:
-        atomic_write_json(os.path.join(cfg.out, "eval_results.json"), summary)
+    atomic_write_json(os.path.join(cfg.out, "eval_results.json"), summary)
     return summary
 
 
 CONFIG_FILE = "finetune_config.json"
 # Options that do not change what a run computes: a resumed run may change them.
 RUN_ONLY = ("resume", "force", "show_progress", "log_every", "tensorboard", "save_every", "keep_checkpoints",
-            "eval_batch_size", "max_bad_steps")
+            "keep_checkpoints_at_end", "eval_batch_size", "max_bad_steps")
 
 
 def check_resume(cfg: FinetuneConfig) -> None:
