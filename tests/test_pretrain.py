@@ -48,6 +48,31 @@ def test_resume_refuses_a_changed_plan_or_model_by_name(prepared, tmp_path):
     assert lrs == sorted(lrs, reverse=True) and len(lrs) == 8  # one decaying schedule (warmup is one step)
 
 
+def test_small_corpus_still_gets_a_held_out_evaluation(prepared, tmp_path):
+    """The default --validation-fraction 0.01 of 120 documents used to hold out one document, and pre-training
+    (NSP needs two) then skipped held-out evaluation without a word."""
+    from conftest import WORDS
+    import random
+
+    rng = random.Random(1)
+    docs = ["\n".join(" ".join(rng.choices(WORDS, k=8)) + "." for _ in range(4)) for _ in range(120)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(docs) + "\n")
+    run_cli("prepare", "--input", corpus, "--tokenizer", prepared / "tok", "--out", tmp_path / "data", "--quiet")
+    splits = json.loads((tmp_path / "data" / "manifest.json").read_text())["splits"]
+    assert splits["validation"]["documents"] == 10 and splits["train"]["documents"] == 110
+    args = [a if a != prepared / "data" else tmp_path / "data" for a in pretrain_args(prepared, tmp_path / "run")]
+    run_cli(*args)
+    held_out = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if "validation" in line]
+    assert [r["step"] for r in held_out] == [4, 8]
+    # none held out: said, not silent
+    run_cli("prepare", "--input", corpus, "--tokenizer", prepared / "tok", "--out", tmp_path / "none", "--quiet",
+            "--validation-fraction", 0)
+    args = [a if a != prepared / "data" else tmp_path / "none" for a in pretrain_args(prepared, tmp_path / "run2")]
+    proc = run_cli(*args)
+    assert "no held-out evaluation" in proc.stderr and "0 validation documents" in proc.stderr, proc.stderr
+
+
 def test_final_model_loads_in_transformers(prepared, tmp_path):
     transformers = pytest.importorskip("transformers")
     run_cli(*pretrain_args(prepared, tmp_path / "run", "--steps", 2))

@@ -141,6 +141,18 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     return model, tokenizer, train, validation
 
 
+def no_validation_note(cfg: PretrainConfig) -> str:
+    """Why a run has no held-out evaluation, in one line (said at the start, never left silent)."""
+    from bertkit.data.prepare import load_manifest
+
+    documents = sum(load_manifest(d)["splits"].get("validation", {}).get("documents", 0) for d in cfg.data)
+    needed = 2 if cfg.objective == "nsp" else 1
+    return (f"note: no held-out evaluation: the prepared data ({', '.join(cfg.data)}) holds {documents} validation "
+            f"document{'s' if documents != 1 else ''}, and it needs {needed}"
+            f"{' (NSP pairs two documents)' if needed == 2 else ''}; prepare the data again with a larger "
+            "--validation-fraction to see held-out MLM/NSP accuracy")
+
+
 def micro_batches(order: np.ndarray, offset: int, cfg: PretrainConfig, world: distributed.World):
     """This rank's micro-batches of one step: (is_last, j, sample indices)."""
     for a in range(cfg.grad_accum):
@@ -256,6 +268,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     world = distributed.setup(cfg.device)
     model, tokenizer, train_set, validation = build(cfg, world.world_size)
     distributed.barrier(world)  # every rank has validated --out before rank 0 writes into it
+    if validation is None and world.is_main:
+        print(no_validation_note(cfg), file=sys.stderr)
     model.to(world.device)
     wrapped = distributed.wrap(model, world)
     if cfg.compile:
