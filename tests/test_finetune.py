@@ -66,7 +66,8 @@ def test_regression_from_own_csv(tiny_model, tmp_path):
     for name in ("train", "dev"):
         (tmp_path / f"{name}.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
     run_cli("finetune", "--task", "regress", "--train", tmp_path / "train.csv", "--dev", tmp_path / "dev.csv",
-        "--model", tiny_model, "--out", tmp_path / "o", "--epochs", 1, "--quiet", "--tensorboard", "--log-every", 1)
+        "--model", tiny_model, "--out", tmp_path / "o", "--epochs", 1, "--quiet", "--tensorboard", "--log-every", 1,
+        "--batch-size", 8)
     result = json.loads((tmp_path / "o" / "seed-1" / "eval_results.json").read_text())
     assert {"pearson", "spearmanr"} <= result.keys()
     assert (tmp_path / "o" / "seed-1" / "curves.png").stat().st_size > 0  # the run draws its curves at the end
@@ -81,7 +82,7 @@ def test_ner_and_squad_run(tiny_model, tmp_path):
     for name in ("train.txt", "dev.txt"):
         (tmp_path / "ner" / name).write_text(conll)
     run_cli("finetune", "--task", "ner", "--data", tmp_path / "ner", "--model", tiny_model, "--out", tmp_path / "n",
-        "--epochs", 1, "--quiet")
+        "--epochs", 1, "--batch-size", 4, "--quiet")
     assert {"precision", "recall", "f1"} <= json.loads((tmp_path / "n" / "seed-1" / "eval_results.json").read_text()).keys()
     (tmp_path / "words.txt").write_text("Anna\nlives\nin\nRome\n\nBob\nruns\n")  # unlabeled: tokens only
     run_cli("predict", "--task", "ner", "--model", tmp_path / "n" / "seed-1", "--input", tmp_path / "words.txt",
@@ -99,7 +100,7 @@ def test_ner_and_squad_run(tiny_model, tmp_path):
     for name in ("train.json", "dev.json"):
         (tmp_path / "squad" / name).write_text(json.dumps(squad))
     run_cli("finetune", "--task", "squad", "--data", tmp_path / "squad", "--model", tiny_model, "--out", tmp_path / "q",
-        "--epochs", 1, "--max-seq-len", 64, "--doc-stride", 16, "--quiet")
+        "--epochs", 1, "--max-seq-len", 64, "--doc-stride", 16, "--batch-size", 2, "--quiet")
     result = json.loads((tmp_path / "q" / "seed-1" / "eval_results.json").read_text())
     assert 0 <= result["exact_match"] <= 100 and 0 <= result["f1"] <= 100
     for qa in squad["data"][0]["paragraphs"][0]["qas"]:
@@ -130,7 +131,11 @@ def test_bad_inputs(tiny_model, sst2, tmp_path):
                        "--max-seq-len", 512, check=False), "--max-seq-len 512", "128 positions")
     assert_one_line_error(run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", tmp_path / "o4",
                        "--seeds", "1,1", check=False), "--seeds")
-    for name in ("o1", "o2", "o3", "o4"):
+    # a batch larger than the data: refused as pretrain refuses it (it used to train one step and exit 0)
+    assert_one_line_error(run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out",
+                                  tmp_path / "o5", "--batch-size", 100000, check=False),
+                          "48 examples", "--batch-size 100000", "lower --batch-size")
+    for name in ("o1", "o2", "o3", "o4", "o5"):
         assert not (tmp_path / name).exists() or not os.listdir(tmp_path / name)
 
 
@@ -143,7 +148,7 @@ def test_squad2_tunes_and_keeps_the_null_threshold(tiny_model, tmp_path):
     for name in ("train.json", "dev.json"):
         (tmp_path / "squad2" / name).write_text(json.dumps(data))
     run_cli("finetune", "--task", "squad2", "--data", tmp_path / "squad2", "--model", tiny_model, "--out",
-            tmp_path / "q", "--epochs", 1, "--max-seq-len", 64, "--quiet")
+            tmp_path / "q", "--epochs", 1, "--max-seq-len", 64, "--batch-size", 2, "--quiet")
     result = json.loads((tmp_path / "q" / "seed-1" / "eval_results.json").read_text())
     assert {"exact_match", "f1", "best_null_threshold", "best_f1"} <= result.keys()
     assert result["best_f1"] >= 50.0  # answering "" to the impossible question alone scores 1 of 2

@@ -420,6 +420,11 @@ def finetune(cfg: FinetuneConfig) -> dict:
                   file=sys.stderr)
     if not train_feats:
         raise BertkitError(f"{files['train']}: no usable training examples", hint="check the file's contents")
+    if len(train_feats) < cfg.batch_size:  # as pretrain: a "run" of one partial batch trains nothing of note
+        unit = "features (question windows)" if spec.kind == "span" else "examples"
+        raise BertkitError(f"the training data has {len(train_feats)} {unit}, fewer than one batch needs "
+                           f"(--batch-size {cfg.batch_size})",
+                           hint=f"lower --batch-size to {len(train_feats)} or less, or train on more data")
     data = dict(kind=spec.kind, metric=spec.metric, labels=label_list, train=train_feats,
                 dev_examples=dev_examples, dev=dev_feats)
     # the model loads (config and weights are sound) and takes --max-seq-len, before anything is written
