@@ -13,6 +13,7 @@ import os
 import sys
 
 from bertkit.errors import BertkitError, Interrupted
+from bertkit.files import check_output_file
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -30,6 +31,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     if not (jsonl or args.output.endswith(".npy")):
         raise BertkitError(f"--output {args.output}: must end in .npy or .jsonl",
                            hint="e.g. --output embeddings.npy (pooled vectors) or tokens.jsonl")
+    check_output_file(args.output)
     if args.pooling == "none" and not jsonl:
         raise BertkitError("--pooling none gives a different number of vectors per text, which .npy cannot hold",
                            hint="write them as JSON Lines: --output tokens.jsonl")
@@ -141,6 +143,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
 
     if not args.out.endswith((".png", ".html")):
         raise BertkitError(f"--out {args.out}: must end in .png or .html", hint="e.g. --out attention.png")
+    check_output_file(args.out, "--out")
     model = load_model(args.model)
     encoder = model if isinstance(model, BertModel) else model.bert
     tokens, probs = attention_maps(encoder, Tokenizer.from_pretrained(args.model), args.text, args.pair)
@@ -170,6 +173,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from bertkit.plot import plot_runs
 
     out = args.out or os.path.join(args.run_dir[0], "curves.png")
+    check_output_file(out, "--out")
     plot_runs(args.run_dir, out)
     print(f"wrote {out}", file=sys.stderr)
 
@@ -210,6 +214,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from bertkit.train.finetune import evaluate_dir
 
+    if args.output:
+        check_output_file(args.output)
     result = evaluate_dir(_finetune_config(args), args.output)
     print(json.dumps(result, indent=2))
 
@@ -217,6 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from bertkit.files import read_text
 
+    check_output_file(args.output)
     if not read_text(args.input).strip():
         raise BertkitError(f"{args.input}: file is empty", hint="give the examples to predict")
     if args.task:  # the task's own file format in, the benchmark's submission format out
