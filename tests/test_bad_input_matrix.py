@@ -232,7 +232,7 @@ CASES = [
         ["{tmp}/dev.csv", "line 3", "'neutral'"], {"dev.csv": "text,label\ngreat,pos\nmeh,neutral\n"},
         {"eval.json": FILE}),
     row("evaluate-missing-column", EVALUATE + " --task classify --dev {tmp}/dev.csv",
-        ["{tmp}/dev.csv", "line 2", "no 'text' field"], {"dev.csv": "sentence,label\ngreat,pos\n"},
+        ["{tmp}/dev.csv", "the header has no 'text' column", "['sentence', 'label']", "--text-column"], {"dev.csv": "sentence,label\ngreat,pos\n"},
         {"eval.json": ABSENT}),
     row("evaluate-data-and-dev-conflict", EVALUATE + " --task classify --data {sst2} --dev {tmp}/dev.csv",
         ["--data", "--dev"], {"dev.csv": "text,label\ngreat,pos\n"}, {"eval.json": FILE}),

@@ -295,8 +295,18 @@ def read_table(path: str, text_column: str = "text", text_pair_column: str | Non
 
     Class labels are kept as strings (JSON numbers too: 1 -> "1"); regression labels as floats.
     """
+    records = _records(path)
+    if records and not path.lower().endswith((".jsonl", ".json")):  # a table: its header names the columns
+        header = list(records[0][1])
+        needed = [("--text-column", text_column), ("--text-pair-column", text_pair_column)]
+        needed += [("--label-column", label_column)] if labeled else []
+        for option, column in needed:
+            if column is not None and column not in header:
+                raise BertkitError(f"{path}: the header has no {column!r} column; its columns are "
+                                   f"{reprlib.repr(header)}",  # (shortened: a header can be a 10 MB line)
+                                   hint=f"name the column with {option}")
     examples = []
-    for number, record in _records(path):
+    for number, record in records:
         label = None
         if labeled:
             raw = _field(path, number, record, label_column, kind=object)
