@@ -223,7 +223,7 @@ CASES = [
         "finetune --model {tmp}/no-model --out {tmp}/out --task sst2 --data {sst2} --quiet",
         ["{tmp}/no-model", "does not exist"], outputs={"out": EMPTY_DIR}, extended=True),
 
-    # ---- evaluate: --output (default MODEL/eval_results.json) is one file
+    # ---- evaluate: --output (default MODEL/evaluate_results.json) is one file
     row("evaluate-dev-empty-file", EVALUATE + " --task classify --dev {tmp}/dev.csv",
         ["{tmp}/dev.csv", "file is empty"], {"dev.csv": b""}, {"eval.json": FILE}),
     row("evaluate-dev-10mb-line", EVALUATE + " --task classify --dev {tmp}/dev.csv", ["{tmp}/dev.csv", "line 1"],
@@ -238,7 +238,7 @@ CASES = [
         ["--data", "--dev"], {"dev.csv": "text,label\ngreat,pos\n"}, {"eval.json": FILE}),
     row("evaluate-keeps-default-output-in-model-dir", "evaluate --model {tmp}/clf --task classify --dev {tmp}/dev.csv",
         ["{tmp}/dev.csv", "invalid UTF-8"], {"clf": copy_of("clf"), "dev.csv": BINARY},
-        {"clf/eval_results.json": FILE}),
+        {"clf/evaluate_results.json": FILE}),
 
     # ---- predict: --output is one file
     row("predict-empty-file", PREDICT + " --input {tmp}/in.jsonl", ["{tmp}/in.jsonl", "file is empty"],

@@ -25,10 +25,18 @@ def test_sst2_finetune_evaluate_predict_and_transformers_parity(tiny_model, sst2
     assert 0.0 <= result["accuracy"] <= 1.0 and result["epoch"] in (1, 2)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines if line.get("split") == "dev"] == [1, 2]
+    # a short run logs every step by default (it used to log every 50: one point for these 12 steps)
+    assert [line["step"] for line in lines if "split" not in line] == list(range(1, 13))
     # evaluate gives the kept epoch's metric; OUT with one seed stands for OUT/seed-1
     evaluated = json.loads(run_cli("evaluate", "--task", "sst2", "--data", sst2, "--model", tmp_path / "run",
                                "--output", tmp_path / "eval.json").stdout)
     assert evaluated["accuracy"] == pytest.approx(result["accuracy"])
+    # by default evaluate writes beside the model, leaving the fine-tune's eval_results.json as it was
+    before = (out / "eval_results.json").read_bytes()
+    proc = run_cli("evaluate", "--task", "sst2", "--data", sst2, "--model", out)
+    assert "evaluate" in proc.stderr  # its progress bar
+    assert (out / "eval_results.json").read_bytes() == before
+    assert json.loads((out / "evaluate_results.json").read_text())["accuracy"] == pytest.approx(result["accuracy"])
     # predict: the GLUE submission format
     test = tmp_path / "test.tsv"
     test.write_text("index\tsentence\n0\tthe film was great\n1\tthe film was awful\n")

@@ -246,7 +246,8 @@ def predict_with_pipeline(args: argparse.Namespace) -> int:
     from bertkit.files import atomic_write_text, json_object, read_lines
     from bertkit.pipelines import Pipeline
 
-    pipe = Pipeline.from_pretrained(args.model, precision=args.precision, batch_size=args.eval_batch_size)
+    pipe = Pipeline.from_pretrained(args.model, precision=args.precision, batch_size=args.eval_batch_size,
+                                    show_progress=not args.quiet)
     task, needed = pipe.task, PIPELINE_FIELDS[pipe.task]
     lines = read_lines(args.input, skip_empty=False)
     if args.input.endswith((".jsonl", ".json")):
@@ -267,6 +268,13 @@ def predict_with_pipeline(args: argparse.Namespace) -> int:
         if has_pairs and not all(p is not None for p in pairs):
             raise BertkitError(f"{args.input}: some records have a text_pair and some do not",
                                hint="predict single texts and pairs in separate files")
+        from bertkit.data.tasks import reads_pairs
+
+        trained = pipe.settings.get("task")
+        if not has_pairs and reads_pairs(trained, pipe.settings.get("text_pair_column")):
+            print(f"warning: {args.model} was fine-tuned on text pairs ({trained}), but {args.input} gives single "
+                  "texts: its predictions will be poor; give each record a \"text_pair\" (JSON Lines)",
+                  file=sys.stderr)
         results = pipe.classify([r["text"] for r in records], pairs if has_pairs else None)
     elif task == "tag":
         results = pipe.tag([r["text"] for r in records])
@@ -440,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc-stride", type=positive_int, default=128)
     p.add_argument("--max-query-len", type=positive_int, default=64)
     p.add_argument("--max-train-examples", type=positive_int, help="train on the first N examples (a quick run)")
-    p.add_argument("--log-every", type=positive_int, default=50)
+    p.add_argument("--log-every", type=positive_int, default=None,
+                   help="steps between metrics.jsonl lines (default: about 50 over the run, at most every 50)")
     p.add_argument("--save-every", type=int, default=500,
                    help="steps between checkpoints in OUT/checkpoints (one is also written at each epoch end)")
     p.add_argument("--keep-checkpoints", type=positive_int, default=1,
@@ -456,10 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("evaluate", help="evaluate a fine-tuned model; writes eval_results.json")
+    p = sub.add_parser("evaluate", help="evaluate a fine-tuned model; writes MODEL/evaluate_results.json")
     task_data(p, train=False)
     p.add_argument("--model", required=True, help="fine-tuned model directory")
-    p.add_argument("--output", help="results file (default MODEL/eval_results.json)")
+    p.add_argument("--output", help="results file (default: MODEL/evaluate_results.json; the fine-tune's own "
+                                    "eval_results.json is left as it is)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predictions for unlabeled input: with --task, the task's file format in "
@@ -468,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="fine-tuned model directory")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("attention", help="attention weights of every layer and head as a PNG or HTML heatmap")

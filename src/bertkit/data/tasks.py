@@ -470,6 +470,11 @@ def read_choices(path: str, labeled: bool = True) -> list[ChoiceExample]:
     return examples
 
 
+def reads_pairs(task: str | None, text_pair_column: str | None = None) -> bool:
+    """Whether a task's examples are text pairs (RTE's two sentences, a classify file's --text-pair-column)."""
+    return bool(text_pair_column) or (task in _GLUE and _GLUE[task].text_b is not None)
+
+
 # ----------------------------------------------------------------------------------------------
 # The task table
 

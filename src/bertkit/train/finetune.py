@@ -68,7 +68,7 @@ class FinetuneConfig:
     null_threshold: float = 0.0
     max_train_examples: int | None = None  # a quick run on the first N training examples
     group_by_length: bool = True
-    log_every: int = 50
+    log_every: int | None = None  # None: about 50 points over the run (every step of a short one), at most every 50
     save_every: int = 500  # steps between checkpoints (and one at each epoch end); 0: epoch ends only
     keep_checkpoints: int = 1  # during the run; at its end all are deleted, unless keep_checkpoints_at_end
     keep_checkpoints_at_end: bool = False
@@ -164,11 +164,12 @@ def batches(features: list[dict], batch_size: int, rng: np.random.Generator | No
 # Evaluation
 
 
-def predict_logits(model, features, cfg: FinetuneConfig, pad_id: int) -> list:
+def predict_logits(model, features, cfg: FinetuneConfig, pad_id: int, progress: str | None = None) -> list:
     """Per-feature outputs in feature order (inference.run_features); the model goes back to training mode."""
     from bertkit.inference import run_features
 
-    outputs = run_features(model, features, pad_id, cfg.eval_batch_size, cfg.precision)
+    outputs = run_features(model, features, pad_id, cfg.eval_batch_size, cfg.precision,
+                           progress=progress if cfg.show_progress else None)
     model.train()
     return outputs
 
@@ -280,6 +281,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                                {"signature": signature, "epoch": epoch, "offset": offset, "skipped_steps": skipped,
                                 "best": best}, keep=cfg.keep_checkpoints)
 
+    log_every = cfg.log_every or max(1, min(50, total // 50))  # a readable curve whatever the run's length
     progress = tqdm(total=total, initial=step, desc=f"finetune {cfg.task} seed {seed}", unit="step",
                     disable=not cfg.show_progress, dynamic_ncols=True)
     window_loss, window_samples, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
@@ -317,7 +319,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
             offset += 1
             window_samples += len(indices)
             progress.update(1)
-            if step % cfg.log_every == 0 or step == total:
+            if step % log_every == 0 or step == total:
                 elapsed = time.perf_counter() - window_start
                 train_seconds += elapsed
                 line = {"step": step, "epoch": epoch, "loss": window_loss / window_steps if window_steps else None,
@@ -558,11 +560,15 @@ def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
     feats, _ = encode(kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
-    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id)
+    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="evaluate")
     result, _ = score(kind, cfg.task, examples, feats, outputs, labels, cfg)
     result = {k: float(v) for k, v in result.items()}
-    atomic_write_json(output or os.path.join(cfg.model, "eval_results.json"), result)
+    # not eval_results.json: that is the fine-tune's own record of its dev score, kept as it was
+    atomic_write_json(output or os.path.join(cfg.model, EVALUATE_FILE), result)
     return result
+
+
+EVALUATE_FILE = "evaluate_results.json"  # where `bertkit evaluate` writes by default
 
 
 def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
@@ -577,7 +583,7 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     feats, _ = encode(spec.kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
-    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id)
+    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="predict")
     _, predictions = score(spec.kind, cfg.task, _unlabel(examples), feats, outputs, labels, cfg)
     if spec.kind == "span":
         lines = [json.dumps({"id": e.id, "answer": predictions.get(e.id, "")}, ensure_ascii=False) for e in examples]
