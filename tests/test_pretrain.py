@@ -193,3 +193,12 @@ def test_compile_gives_the_same_losses(prepared, tmp_path):
     assert [s for s, *_ in compiled] == [1, 2, 3, 4]
     for a, b in zip(eager, compiled):
         assert b[1:] == pytest.approx(a[1:], rel=1e-4, abs=1e-5), (a, b)
+
+
+def test_help_shows_defaults_and_exit_status():
+    pretrain = run_cli("pretrain", "--help").stdout
+    assert "default: 1000" in pretrain and "(default: 32)" in pretrain  # --steps has no help text of its own
+    finetune = run_cli("finetune", "--help").stdout
+    for text in (pretrain, finetune, run_cli("demo", "--help").stdout):
+        assert "exit status:" in text and "130" in text and "143" in text and "--resume" in text
+    assert "--stop-at N, a stop asked for" in pretrain and "--keep-checkpoints-at-end" in finetune

@@ -308,10 +308,42 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows each option's default, where it has one worth showing and the help does not say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text or "default" in text
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+    def _format_action(self, action):
+        if action.help is None and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            action.help = "default: %(default)s"  # argparse prints nothing for an option without help
+        return super()._format_action(action)
+
+
+class CommandParser(OneLineParser):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(**kwargs)
+
+
+# How a run that does not finish ends, for `pretrain --help` and `finetune --help` (and the README).
+EXIT_STATUS = """exit status:
+  0    finished (pretrain: also after --stop-at N, a stop asked for; --max-minutes ends the run early
+       but finished: evaluated and saved)
+  2    an error: one line on stderr; an output directory this command created is removed again
+       (kept when it holds a checkpoint that --resume continues)
+  130  stopped by SIGINT (Ctrl-C), 143 by SIGTERM: a checkpoint was saved at the step boundary;
+       the same command plus --resume continues it"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="bertkit", description="BERT end to end: pre-train, fine-tune, use.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is loaded and skipped")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
 
     p = sub.add_parser("embed", help="sentence embeddings of one text per line, as a .npy array")
     p.add_argument("--model", required=True, help="model directory (HuggingFace format, with tokenizer)")
@@ -357,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("pretrain", help="pre-train with MLM + NSP (resumable; torchrun for DDP)")
+    p = sub.add_parser("pretrain", help="pre-train with MLM + NSP (resumable; torchrun for DDP)", epilog=EXIT_STATUS)
     p.add_argument("--data", nargs="+", required=True, help="prepared-data directories (several combine)")
     p.add_argument("--out", required=True, help="run directory: metrics.jsonl, checkpoints/, model/")
     p.add_argument("--model-config", default="mini", help="preset (tiny mini small medium base large) or config.json")
@@ -391,7 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("demo", help="learn a vocabulary, prepare and pre-train a small BERT in minutes on a CPU")
+    p = sub.add_parser("demo", help="learn a vocabulary, prepare and pre-train a small BERT in minutes on a CPU",
+                       epilog=EXIT_STATUS.replace("pretrain: also after --stop-at N, a stop asked for; --max-minutes "
+                                                  "ends the run early\n       but finished: evaluated and saved",
+                                                  "the held-out evaluation printed"))
     p.add_argument("--out", default="demo-out", help="directory to create (default: demo-out)")
     p.add_argument("--corpus", nargs="+", help="your own text files (default: the Python docs shipped with Python)")
     p.add_argument("--steps", type=positive_int, default=2500)
@@ -431,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--eval-batch-size", type=positive_int, default=128)
         p.add_argument("--null-threshold", type=float, help="squad2: predict no answer above this score gap")
 
-    p = sub.add_parser("finetune", help="fine-tune all parameters on a labeled task")
+    p = sub.add_parser("finetune", help="fine-tune all parameters on a labeled task", epilog=EXIT_STATUS)
     task_data(p, train=True)
     p.add_argument("--test", help="test file (unlabeled)")
     p.add_argument("--model", required=True, help="pre-trained model directory (HuggingFace format)")
