@@ -422,15 +422,15 @@ def finetune(cfg: FinetuneConfig) -> dict:
                   file=sys.stderr)
     if not train_feats:
         raise BertkitError(f"{files['train']}: no usable training examples", hint="check the file's contents")
+    data = dict(kind=spec.kind, metric=spec.metric, labels=label_list, train=train_feats,
+                dev_examples=dev_examples, dev=dev_feats)
+    # the model loads (config and weights are sound) and takes --max-seq-len, before anything is written
+    check_length(cfg, spec.kind, _load_model(spec.kind, cfg.model, label_list).config.max_position_embeddings)
     if len(train_feats) < cfg.batch_size:  # as pretrain: a "run" of one partial batch trains nothing of note
         unit = "features (question windows)" if spec.kind == "span" else "examples"
         raise BertkitError(f"the training data has {len(train_feats)} {unit}, fewer than one batch needs "
                            f"(--batch-size {cfg.batch_size})",
                            hint=f"lower --batch-size to {len(train_feats)} or less, or train on more data")
-    data = dict(kind=spec.kind, metric=spec.metric, labels=label_list, train=train_feats,
-                dev_examples=dev_examples, dev=dev_feats)
-    # the model loads (config and weights are sound) and takes --max-seq-len, before anything is written
-    check_length(cfg, spec.kind, _load_model(spec.kind, cfg.model, label_list).config.max_position_embeddings)
     device = default_device()
     os.makedirs(cfg.out, exist_ok=True)  # everything is validated: now the run writes
     atomic_write_json(os.path.join(cfg.out, CONFIG_FILE), dataclasses.asdict(cfg))
