@@ -87,7 +87,8 @@ def test_plot_overlays_runs_with_a_panel_per_metric(tmp_path):
     out = tmp_path / "curves.png"
     run_cli("plot", tmp_path / "a", tmp_path / "b", "--out", out)
     drawn = png_description(out)
-    assert drawn == {"panels": ["loss", "MLM accuracy", "NSP accuracy", "learning rate", "tokens / s"], "runs": 2}
+    assert drawn["panels"] == ["loss", "MLM accuracy", "NSP accuracy", "learning rate", "tokens / s"]
+    assert drawn["runs"] == 2 and drawn["labels"] == ["a", "b"]
 
     finetune = [{"step": 50, "epoch": 1, "loss": 0.6, "lr": 2e-5, "samples_per_s": 80.0},
                 {"step": 60, "epoch": 1, "split": "dev", "accuracy": 0.8, "f1": 0.75}]
@@ -95,6 +96,20 @@ def test_plot_overlays_runs_with_a_panel_per_metric(tmp_path):
     run_cli("plot", tmp_path / "ft")
     drawn = png_description(tmp_path / "ft" / "curves.png")
     assert drawn["panels"] == ["loss", "learning rate", "samples / s", "dev accuracy", "dev f1"]
+
+
+def test_plot_names_runs_apart_and_keeps_a_flat_loss_flat(tmp_path):
+    """Two runs called run are labelled by the path parts that differ; a loss flat at 0.693 (the loss axis once
+    spanned 0.6927-0.6934 and made it look like a fall) is drawn on an axis from 0."""
+    flat = [{"step": s, "loss": 0.6931 + (0.0003 if s % 2 else -0.0003), "lr": 2e-5} for s in range(1, 20)]
+    for parent in ("rte-a", "rte-b"):
+        (tmp_path / parent).mkdir()
+        write_metrics(tmp_path / parent / "run", flat)
+    run_cli("plot", tmp_path / "rte-a" / "run", tmp_path / "rte-b" / "run", "--out", tmp_path / "c.png")
+    drawn = png_description(tmp_path / "c.png")
+    assert drawn["labels"] == ["rte-a/run", "rte-b/run"]
+    bottom, top = drawn["ylim"]["loss"]
+    assert bottom == 0 and 0.69 < top < 0.8
 
 
 def test_plot_bad_input(tmp_path):

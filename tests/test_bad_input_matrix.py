@@ -223,7 +223,7 @@ CASES = [
         "finetune --model {tmp}/no-model --out {tmp}/out --task sst2 --data {sst2} --quiet",
         ["{tmp}/no-model", "does not exist"], outputs={"out": EMPTY_DIR}, extended=True),
 
-    # ---- evaluate: --output (default MODEL/eval_results.json) is one file
+    # ---- evaluate: --output (default MODEL/evaluate_results.json) is one file
     row("evaluate-dev-empty-file", EVALUATE + " --task classify --dev {tmp}/dev.csv",
         ["{tmp}/dev.csv", "file is empty"], {"dev.csv": b""}, {"eval.json": FILE}),
     row("evaluate-dev-10mb-line", EVALUATE + " --task classify --dev {tmp}/dev.csv", ["{tmp}/dev.csv", "line 1"],
@@ -232,13 +232,13 @@ CASES = [
         ["{tmp}/dev.csv", "line 3", "'neutral'"], {"dev.csv": "text,label\ngreat,pos\nmeh,neutral\n"},
         {"eval.json": FILE}),
     row("evaluate-missing-column", EVALUATE + " --task classify --dev {tmp}/dev.csv",
-        ["{tmp}/dev.csv", "line 2", "no 'text' field"], {"dev.csv": "sentence,label\ngreat,pos\n"},
+        ["{tmp}/dev.csv", "the header has no 'text' column", "['sentence', 'label']", "--text-column"], {"dev.csv": "sentence,label\ngreat,pos\n"},
         {"eval.json": ABSENT}),
     row("evaluate-data-and-dev-conflict", EVALUATE + " --task classify --data {sst2} --dev {tmp}/dev.csv",
         ["--data", "--dev"], {"dev.csv": "text,label\ngreat,pos\n"}, {"eval.json": FILE}),
     row("evaluate-keeps-default-output-in-model-dir", "evaluate --model {tmp}/clf --task classify --dev {tmp}/dev.csv",
         ["{tmp}/dev.csv", "invalid UTF-8"], {"clf": copy_of("clf"), "dev.csv": BINARY},
-        {"clf/eval_results.json": FILE}),
+        {"clf/evaluate_results.json": FILE}),
 
     # ---- predict: --output is one file
     row("predict-empty-file", PREDICT + " --input {tmp}/in.jsonl", ["{tmp}/in.jsonl", "file is empty"],

@@ -158,3 +158,22 @@ def test_embed_bad_flags(tmp_path, flags, message):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.npy").exists()
+
+
+@pytest.mark.parametrize("command", [
+    "embed --model {tmp}/no-model --input {tmp}/in.txt --output {tmp}/vectors.npy",
+    "predict --model {tmp}/no-model --input {tmp}/in.txt --output {tmp}/vectors.npy",
+    "evaluate --task sst2 --dev {tmp}/in.txt --model {tmp}/no-model --output {tmp}/vectors.npy",
+    "attention --model {tmp}/no-model hello --out {tmp}/vectors.npy.png",
+    "plot {tmp}/no-run --out {tmp}/vectors.npy.png",
+])
+def test_output_path_is_checked_before_any_work(tmp_path, command):
+    """An output path that is a directory is refused first, not after all the work is done (the model here
+    does not even exist: the output check comes before loading it)."""
+    (tmp_path / "in.txt").write_text("a line\n", encoding="utf-8")
+    (tmp_path / "vectors.npy").mkdir()
+    (tmp_path / "vectors.npy.png").mkdir()
+    args = command.format(tmp=tmp_path).split()
+    proc = subprocess.run([sys.executable, "-m", "bertkit", *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "is a directory, expected a file name" in proc.stderr

@@ -13,16 +13,30 @@ from conftest import NEGATIVE, POSITIVE, assert_one_line_error, run_cli
 def test_sst2_finetune_evaluate_predict_and_transformers_parity(tiny_model, sst2, tmp_path):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "out"
-    run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", out, "--epochs", 2,
-        "--batch-size", 8, "--lr", 1e-3, "--quiet")
+    proc = run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", tmp_path / "run",
+                   "--epochs", 2, "--batch-size", 8, "--lr", 1e-3, "--quiet")
+    out = tmp_path / "run" / "seed-1"  # one seed, the layout of many: what --help and the README say
     result = json.loads((out / "eval_results.json").read_text())
+    summary = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert summary["seeds"] == [1] and summary["accuracy"]["mean"] == result["accuracy"]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"accuracy {result['accuracy']:.4f},") and "±" not in last  # no "± 0.0000", one seed
+    assert not (out / "checkpoints").exists()  # a finished run keeps no checkpoints
     assert 0.0 <= result["accuracy"] <= 1.0 and result["epoch"] in (1, 2)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines if line.get("split") == "dev"] == [1, 2]
-    # evaluate gives the kept epoch's metric
-    evaluated = json.loads(run_cli("evaluate", "--task", "sst2", "--data", sst2, "--model", out,
+    # a short run logs every step by default (it used to log every 50: one point for these 12 steps)
+    assert [line["step"] for line in lines if "split" not in line] == list(range(1, 13))
+    # evaluate gives the kept epoch's metric; OUT with one seed stands for OUT/seed-1
+    evaluated = json.loads(run_cli("evaluate", "--task", "sst2", "--data", sst2, "--model", tmp_path / "run",
                                "--output", tmp_path / "eval.json").stdout)
     assert evaluated["accuracy"] == pytest.approx(result["accuracy"])
+    # by default evaluate writes beside the model, leaving the fine-tune's eval_results.json as it was
+    before = (out / "eval_results.json").read_bytes()
+    proc = run_cli("evaluate", "--task", "sst2", "--data", sst2, "--model", out)
+    assert "evaluate" in proc.stderr  # its progress bar
+    assert (out / "eval_results.json").read_bytes() == before
+    assert json.loads((out / "evaluate_results.json").read_text())["accuracy"] == pytest.approx(result["accuracy"])
     # predict: the GLUE submission format
     test = tmp_path / "test.tsv"
     test.write_text("index\tsentence\n0\tthe film was great\n1\tthe film was awful\n")
@@ -49,6 +63,9 @@ def test_seeds_report_mean_and_std(tiny_model, sst2, tmp_path):
     assert summary["seeds"] == [1, 2]
     assert summary["accuracy"]["mean"] == pytest.approx(sum(per_seed) / 2)
     assert summary["accuracy"]["std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5)
+    # OUT itself holds no model: with several seeds, the error names them
+    proc = run_cli("evaluate", "--task", "sst2", "--data", sst2, "--model", tmp_path / "o", check=False)
+    assert_one_line_error(proc, "2 seeds", f"did you mean --model {tmp_path / 'o' / 'seed-1'}?")
 
 
 def test_regression_from_own_csv(tiny_model, tmp_path):
@@ -57,12 +74,13 @@ def test_regression_from_own_csv(tiny_model, tmp_path):
     for name in ("train", "dev"):
         (tmp_path / f"{name}.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
     run_cli("finetune", "--task", "regress", "--train", tmp_path / "train.csv", "--dev", tmp_path / "dev.csv",
-        "--model", tiny_model, "--out", tmp_path / "o", "--epochs", 1, "--quiet", "--tensorboard", "--log-every", 1)
-    result = json.loads((tmp_path / "o" / "eval_results.json").read_text())
+        "--model", tiny_model, "--out", tmp_path / "o", "--epochs", 1, "--quiet", "--tensorboard", "--log-every", 1,
+        "--batch-size", 8)
+    result = json.loads((tmp_path / "o" / "seed-1" / "eval_results.json").read_text())
     assert {"pearson", "spearmanr"} <= result.keys()
-    assert (tmp_path / "o" / "curves.png").stat().st_size > 0  # the run draws its curves at the end
-    assert list((tmp_path / "o" / "tensorboard").glob("events.out.tfevents.*"))
-    assert json.loads((tmp_path / "o" / "config.json").read_text())["id2label"] == {"0": "score"}
+    assert (tmp_path / "o" / "seed-1" / "curves.png").stat().st_size > 0  # the run draws its curves at the end
+    assert list((tmp_path / "o" / "seed-1" / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "o" / "seed-1" / "config.json").read_text())["id2label"] == {"0": "score"}
 
 
 def test_ner_and_squad_run(tiny_model, tmp_path):
@@ -72,10 +90,10 @@ def test_ner_and_squad_run(tiny_model, tmp_path):
     for name in ("train.txt", "dev.txt"):
         (tmp_path / "ner" / name).write_text(conll)
     run_cli("finetune", "--task", "ner", "--data", tmp_path / "ner", "--model", tiny_model, "--out", tmp_path / "n",
-        "--epochs", 1, "--quiet")
-    assert {"precision", "recall", "f1"} <= json.loads((tmp_path / "n" / "eval_results.json").read_text()).keys()
+        "--epochs", 1, "--batch-size", 4, "--quiet")
+    assert {"precision", "recall", "f1"} <= json.loads((tmp_path / "n" / "seed-1" / "eval_results.json").read_text()).keys()
     (tmp_path / "words.txt").write_text("Anna\nlives\nin\nRome\n\nBob\nruns\n")  # unlabeled: tokens only
-    run_cli("predict", "--task", "ner", "--model", tmp_path / "n", "--input", tmp_path / "words.txt",
+    run_cli("predict", "--task", "ner", "--model", tmp_path / "n" / "seed-1", "--input", tmp_path / "words.txt",
             "--output", tmp_path / "tags.jsonl")
     tagged = [json.loads(line) for line in (tmp_path / "tags.jsonl").read_text().splitlines()]
     assert [t["words"] for t in tagged] == [["Anna", "lives", "in", "Rome"], ["Bob", "runs"]]
@@ -90,13 +108,13 @@ def test_ner_and_squad_run(tiny_model, tmp_path):
     for name in ("train.json", "dev.json"):
         (tmp_path / "squad" / name).write_text(json.dumps(squad))
     run_cli("finetune", "--task", "squad", "--data", tmp_path / "squad", "--model", tiny_model, "--out", tmp_path / "q",
-        "--epochs", 1, "--max-seq-len", 64, "--doc-stride", 16, "--quiet")
-    result = json.loads((tmp_path / "q" / "eval_results.json").read_text())
+        "--epochs", 1, "--max-seq-len", 64, "--doc-stride", 16, "--batch-size", 2, "--quiet")
+    result = json.loads((tmp_path / "q" / "seed-1" / "eval_results.json").read_text())
     assert 0 <= result["exact_match"] <= 100 and 0 <= result["f1"] <= 100
     for qa in squad["data"][0]["paragraphs"][0]["qas"]:
         qa["answers"] = []  # input to predict carries no answers
     (tmp_path / "questions.json").write_text(json.dumps(squad))
-    run_cli("predict", "--task", "squad", "--model", tmp_path / "q", "--input", tmp_path / "questions.json",
+    run_cli("predict", "--task", "squad", "--model", tmp_path / "q" / "seed-1", "--input", tmp_path / "questions.json",
             "--output", tmp_path / "answers.jsonl")
     answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
     assert [a["id"] for a in answers] == ["q0", "q1", "q2"] and all(a["answer"] in context for a in answers)
@@ -121,7 +139,11 @@ def test_bad_inputs(tiny_model, sst2, tmp_path):
                        "--max-seq-len", 512, check=False), "--max-seq-len 512", "128 positions")
     assert_one_line_error(run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", tmp_path / "o4",
                        "--seeds", "1,1", check=False), "--seeds")
-    for name in ("o1", "o2", "o3", "o4"):
+    # a batch larger than the data: refused as pretrain refuses it (it used to train one step and exit 0)
+    assert_one_line_error(run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out",
+                                  tmp_path / "o5", "--batch-size", 100000, check=False),
+                          "48 examples", "--batch-size 100000", "lower --batch-size")
+    for name in ("o1", "o2", "o3", "o4", "o5"):
         assert not (tmp_path / name).exists() or not os.listdir(tmp_path / name)
 
 
@@ -134,9 +156,9 @@ def test_squad2_tunes_and_keeps_the_null_threshold(tiny_model, tmp_path):
     for name in ("train.json", "dev.json"):
         (tmp_path / "squad2" / name).write_text(json.dumps(data))
     run_cli("finetune", "--task", "squad2", "--data", tmp_path / "squad2", "--model", tiny_model, "--out",
-            tmp_path / "q", "--epochs", 1, "--max-seq-len", 64, "--quiet")
-    result = json.loads((tmp_path / "q" / "eval_results.json").read_text())
+            tmp_path / "q", "--epochs", 1, "--max-seq-len", 64, "--batch-size", 2, "--quiet")
+    result = json.loads((tmp_path / "q" / "seed-1" / "eval_results.json").read_text())
     assert {"exact_match", "f1", "best_null_threshold", "best_f1"} <= result.keys()
     assert result["best_f1"] >= 50.0  # answering "" to the impossible question alone scores 1 of 2
-    settings = json.loads((tmp_path / "q" / "bertkit_task.json").read_text())
+    settings = json.loads((tmp_path / "q" / "seed-1" / "bertkit_task.json").read_text())
     assert settings["null_threshold"] == result["best_null_threshold"]

@@ -206,3 +206,20 @@ def test_predict_cli_bad_input(dirs, tmp_path, model, content, name, fragments):
     proc = run_cli("predict", "--model", dirs[model], "--input", inp, "--output", out, check=False)
     assert_one_line_error(proc, *fragments)
     assert out.read_text() == "keep me"
+
+
+def test_predict_warns_when_a_pair_model_gets_single_texts(dirs, tmp_path):
+    import shutil
+
+    model = tmp_path / "rte-model"
+    shutil.copytree(dirs["classify"], model)
+    (model / "bertkit_task.json").write_text(json.dumps({"task": "rte", "labels": ["negative", "positive"]}))
+    single, paired = tmp_path / "single.jsonl", tmp_path / "paired.jsonl"
+    single.write_text('{"text": "A man sleeps."}\n', encoding="utf-8")
+    paired.write_text('{"text": "A man sleeps.", "text_pair": "Someone rests."}\n', encoding="utf-8")
+    proc = run_cli("predict", "--model", model, "--input", single, "--output", tmp_path / "a.jsonl", "--quiet")
+    assert "fine-tuned on text pairs (rte)" in proc.stderr and "text_pair" in proc.stderr
+    proc = run_cli("predict", "--model", model, "--input", paired, "--output", tmp_path / "b.jsonl", "--quiet")
+    assert "warning" not in proc.stderr
+    proc = run_cli("predict", "--model", dirs["classify"], "--input", single, "--output", tmp_path / "c.jsonl")
+    assert "warning" not in proc.stderr and "classify" in proc.stderr  # no pair task; the progress bar shows

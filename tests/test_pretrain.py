@@ -32,6 +32,47 @@ def test_resume_is_bit_identical(prepared, tmp_path):
     assert [s for s, *_ in losses(tmp_path / "resumed")] == list(range(1, 9))
 
 
+def test_resume_refuses_a_changed_plan_or_model_by_name(prepared, tmp_path):
+    """A resumed run keeps its learning-rate schedule: a changed --steps would restart the decay (a finished
+    300-step run resumed with --steps 400 went from lr 3.4e-6 to 2.3e-4). A changed --model-config names the
+    settings that differ, not "config.json does not describe these weights"."""
+    run = tmp_path / "run"
+    run_cli(*pretrain_args(prepared, run, "--stop-at", 3))
+    proc = run_cli(*pretrain_args(prepared, run, "--resume", "--steps", 12), check=False)
+    assert_one_line_error(proc, "learning-rate schedule", "--steps 8 (now 12)", "resume with --steps 8")
+    proc = run_cli(*pretrain_args(prepared, run, "--resume", "--model-config", "mini"), check=False)
+    assert_one_line_error(proc, "--model-config mini", "hidden_size 128 (now 256)", "num_hidden_layers 2 (now 4)")
+    assert sorted(os.listdir(run / "checkpoints")) == ["step-00000003"]  # refused before anything was written
+    run_cli(*pretrain_args(prepared, run, "--resume"))  # the original plan resumes
+    lrs = [json.loads(line)["lr"] for line in open(run / "metrics.jsonl") if "split" not in line]
+    assert lrs == sorted(lrs, reverse=True) and len(lrs) == 8  # one decaying schedule (warmup is one step)
+
+
+def test_small_corpus_still_gets_a_held_out_evaluation(prepared, tmp_path):
+    """The default --validation-fraction 0.01 of 120 documents used to hold out one document, and pre-training
+    (NSP needs two) then skipped held-out evaluation without a word."""
+    from conftest import WORDS
+    import random
+
+    rng = random.Random(1)
+    docs = ["\n".join(" ".join(rng.choices(WORDS, k=8)) + "." for _ in range(4)) for _ in range(120)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(docs) + "\n")
+    run_cli("prepare", "--input", corpus, "--tokenizer", prepared / "tok", "--out", tmp_path / "data", "--quiet")
+    splits = json.loads((tmp_path / "data" / "manifest.json").read_text())["splits"]
+    assert splits["validation"]["documents"] == 10 and splits["train"]["documents"] == 110
+    args = [a if a != prepared / "data" else tmp_path / "data" for a in pretrain_args(prepared, tmp_path / "run")]
+    run_cli(*args)
+    held_out = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if "validation" in line]
+    assert [r["step"] for r in held_out] == [4, 8]
+    # none held out: said, not silent
+    run_cli("prepare", "--input", corpus, "--tokenizer", prepared / "tok", "--out", tmp_path / "none", "--quiet",
+            "--validation-fraction", 0)
+    args = [a if a != prepared / "data" else tmp_path / "none" for a in pretrain_args(prepared, tmp_path / "run2")]
+    proc = run_cli(*args)
+    assert "no held-out evaluation" in proc.stderr and "0 validation documents" in proc.stderr, proc.stderr
+
+
 def test_final_model_loads_in_transformers(prepared, tmp_path):
     transformers = pytest.importorskip("transformers")
     run_cli(*pretrain_args(prepared, tmp_path / "run", "--steps", 2))
@@ -40,6 +81,9 @@ def test_final_model_loads_in_transformers(prepared, tmp_path):
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "run" / "model")
     assert tok("the model")["input_ids"][0] == tok.cls_token_id
     assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the run directory stands for its model/ (it used to fail: "holds neither tokenizer.json nor vocab.txt")
+    guesses = json.loads(run_cli("fill-mask", "--model", tmp_path / "run", "the [MASK] .").stdout)
+    assert len(guesses["predictions"][0]) == 5
 
 
 def test_two_process_ddp_equals_one_process_with_accumulation(prepared, tmp_path):
@@ -149,3 +193,12 @@ def test_compile_gives_the_same_losses(prepared, tmp_path):
     assert [s for s, *_ in compiled] == [1, 2, 3, 4]
     for a, b in zip(eager, compiled):
         assert b[1:] == pytest.approx(a[1:], rel=1e-4, abs=1e-5), (a, b)
+
+
+def test_help_shows_defaults_and_exit_status():
+    pretrain = run_cli("pretrain", "--help").stdout
+    assert "default: 1000" in pretrain and "(default: 32)" in pretrain  # --steps has no help text of its own
+    finetune = run_cli("finetune", "--help").stdout
+    for text in (pretrain, finetune, run_cli("demo", "--help").stdout):
+        assert "exit status:" in text and "130" in text and "143" in text and "--resume" in text
+    assert "--stop-at N, a stop asked for" in pretrain and "--keep-checkpoints-at-end" in finetune

@@ -105,10 +105,11 @@ def finetune_args(tiny_model, sst2, out, *extra):
 def test_finetune_killed_anywhere_resumes_bit_identical(tiny_model, sst2, tmp_path):
     seconds = timed_run(finetune_args(tiny_model, sst2, tmp_path / "straight"))
     args = finetune_args(tiny_model, sst2, tmp_path / "killed", "--resume")
-    run_killed_many_times(args, tmp_path / "killed", seconds, seed=2)
-    assert_same_weights(tmp_path / "straight" / "model.safetensors", tmp_path / "killed" / "model.safetensors")
-    straight = json.loads((tmp_path / "straight" / "eval_results.json").read_text())
-    killed = json.loads((tmp_path / "killed" / "eval_results.json").read_text())
+    run_killed_many_times(args, tmp_path / "killed" / "seed-1", seconds, seed=2)
+    assert_same_weights(tmp_path / "straight" / "seed-1" / "model.safetensors",
+                        tmp_path / "killed" / "seed-1" / "model.safetensors")
+    straight = json.loads((tmp_path / "straight" / "seed-1" / "eval_results.json").read_text())
+    killed = json.loads((tmp_path / "killed" / "seed-1" / "eval_results.json").read_text())
     assert killed["accuracy"] == straight["accuracy"]
 
 
@@ -130,7 +131,7 @@ def test_pretrain_stops_gracefully_and_resumes_exactly(prepared, tmp_path, sig):
     wait_for_lines(tmp_path / "run" / "metrics.jsonl", 3, proc)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 128 + sig, stderr  # 130 / 143, as shells report it: the run did not finish
     assert "Resume with the same command plus --resume" in stderr
     stopped = [n for n in os.listdir(tmp_path / "run" / "checkpoints") if n.startswith("step-")]
     assert len(stopped) == 1 and int(stopped[0][5:]) < 300  # saved where it stopped, not at a save point
@@ -144,14 +145,39 @@ def test_finetune_stops_gracefully_and_resumes_exactly(tiny_model, sst2, tmp_pat
     run_cli(*finetune_args(tiny_model, sst2, tmp_path / "straight", *extra))
     proc = subprocess.Popen(cli(*finetune_args(tiny_model, sst2, tmp_path / "run", *extra)), stderr=subprocess.PIPE,
                             text=True)
-    wait_for_lines(tmp_path / "run" / "metrics.jsonl", 5, proc)
+    wait_for_lines(tmp_path / "run" / "seed-1" / "metrics.jsonl", 5, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 143, stderr
     assert "Resume with the same command plus --resume" in stderr
-    assert not (tmp_path / "run" / "eval_results.json").exists()
+    assert not (tmp_path / "run" / "seed-1" / "eval_results.json").exists()
     run_cli(*finetune_args(tiny_model, sst2, tmp_path / "run", *extra, "--resume"))
-    assert_same_weights(tmp_path / "straight" / "model.safetensors", tmp_path / "run" / "model.safetensors")
+    assert_same_weights(tmp_path / "straight" / "seed-1" / "model.safetensors",
+                        tmp_path / "run" / "seed-1" / "model.safetensors")
+
+
+def test_demo_interrupted_exits_130_and_resumes(tmp_path):
+    """The demo's stop message promises --resume: it exists, reuses the vocabulary and data, and continues the
+    pre-training from the checkpoint; a changed option is refused by name and the directory kept."""
+    out = tmp_path / "demo"
+    args = ["demo", "--out", out, "--steps", 400, "--batch-size", 8, "--seq-len", 32, "--corpus-bytes", 200_000,
+            "--quiet"]
+    proc = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_lines(out / "run" / "metrics.jsonl", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr  # it did not finish, and says so
+    assert "Resume with the same command plus --resume" in stderr
+    assert not (out / "run" / "model").exists()
+    changed = run_cli(*args, "--resume", "--seed", 1, check=False)
+    assert_one_line_error(changed, "other settings", "seed 0 (now 1)")
+    assert (out / "data" / "manifest.json").exists()  # refused, and nothing of the first try lost
+    resumed = run_cli(*args, "--resume")
+    assert "reusing the" in resumed.stdout and "resuming from" in resumed.stderr, resumed.stdout + resumed.stderr
+    assert "MLM accuracy" in resumed.stdout
+    assert (out / "run" / "model" / "model.safetensors").exists()
+    steps = [json.loads(line)["step"] for line in open(out / "run" / "metrics.jsonl") if "split" not in line]
+    assert steps == list(range(25, 401, 25))  # one run's log, continued where it stopped
 
 
 def test_finetune_resume_refuses_other_settings(tiny_model, sst2, tmp_path):
@@ -225,13 +251,49 @@ def test_finetune_skips_nan_steps_then_stops_after_too_many(tiny_model, sst2, tm
 
     poison(monkeypatch, BertForSequenceClassification, {2, 5})
     finetune(config(tmp_path / "a"))
-    rows = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl") if "dev" not in line]
+    rows = [json.loads(line) for line in open(tmp_path / "a" / "seed-1" / "metrics.jsonl") if "dev" not in line]
     assert rows[-1]["skipped_steps"] == 2 and rows[0]["skipped_steps"] == 0
-    assert all(torch.isfinite(w).all() for w in load_file(tmp_path / "a" / "model.safetensors").values())
+    assert all(torch.isfinite(w).all() for w in load_file(tmp_path / "a" / "seed-1" / "model.safetensors").values())
 
     poison(monkeypatch, BertForSequenceClassification, set(range(1, 100)))
     with pytest.raises(BertkitError, match="step 4: loss or gradient not finite for 4 consecutive steps"):
         finetune(config(tmp_path / "b", max_bad_steps=4))
+
+
+# ----------------------------------------------------------------------------------------------
+# Running out of memory: one line, exit status 2, the output directory as it was
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                 "tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 8 GiB"),
+    MemoryError()])
+def test_out_of_memory_is_one_line_and_leaves_no_output(tiny_model, sst2, prepared, tmp_path, monkeypatch, capsys,
+                                                         error):
+    from bertkit.cli import main
+    from bertkit.model import BertForPreTraining, BertForSequenceClassification
+
+    def forward(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(BertForSequenceClassification, "forward", forward)
+    monkeypatch.setattr(BertForPreTraining, "forward", forward)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    runs = {"finetune": finetune_args(tiny_model, sst2, tmp_path / "fresh"),
+            "finetune-empty": finetune_args(tiny_model, sst2, empty),
+            "pretrain": pretrain_args(prepared, tmp_path / "pre")}
+    for name, args in runs.items():
+        capsys.readouterr()
+        assert main([str(a) for a in args]) == 2, name
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert "out of" in lines[0] and "memory" in lines[0] and "--batch-size" in lines[0], lines[0]
+        if "allocate" in str(error):
+            assert ("37.25 GiB" if "40000000000" in str(error) else "2.00 GiB") in lines[0], lines[0]
+    assert not (tmp_path / "fresh").exists() and not (tmp_path / "pre").exists()  # nothing half-written
+    assert empty.is_dir() and os.listdir(empty) == []  # an empty directory the user made stays, empty
 
 
 # ----------------------------------------------------------------------------------------------

@@ -423,6 +423,17 @@ def test_unseen_dev_label_names_file_and_line(tmp_path):
     assert [e.label for e in read_table(str(jsonl), labeled=False)] == [None, None]
 
 
+def test_csv_missing_label_column_names_the_header_and_its_columns(tmp_path):
+    """The header is line 1: a missing column is the header's fault, not "line 2: no 'stars' field"."""
+    path = tmp_path / "reviews.csv"
+    path.write_text("review,rating\ngood film,5\n", encoding="utf-8")
+    with pytest.raises(BertkitError) as error:
+        read_table(str(path), text_column="review", label_column="stars")
+    assert error.value.message == f"{path}: the header has no 'stars' column; its columns are ['review', 'rating']"
+    assert "--label-column" in error.value.hint
+    assert [e.label for e in read_table(str(path), text_column="review", labeled=False)] == [None]
+
+
 def test_conll_tag_scheme_and_unseen_tag(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n"

@@ -258,6 +258,24 @@ class PretrainedMixin:
         save_tensors(os.path.join(directory, WEIGHTS_NAME), self.hf_state_dict())
 
 
+def resolve_model_dir(path: str) -> str:
+    """The model directory a user means: a pre-training run stands for RUN/model, a fine-tuning output with one
+    seed for OUT/seed-N; with several seeds, an error that names them."""
+    import glob
+
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, CONFIG_NAME)):
+        return path
+    if os.path.isfile(os.path.join(path, "model", CONFIG_NAME)):
+        return os.path.join(path, "model")
+    seeds = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(glob.escape(path), "seed-*", CONFIG_NAME)))
+    if len(seeds) == 1:
+        return seeds[0]
+    if seeds:
+        raise BertkitError(f"{path}: a fine-tuning output with {len(seeds)} seeds, each its own model",
+                           hint=f"did you mean --model {seeds[0]}? (or {', '.join(seeds[1:])})")
+    return path
+
+
 def load_model(directory: str, **kwargs):
     """Load a directory into the class its config names (architectures[0]), BertModel by default."""
     from bertkit.model import MODEL_CLASSES, BertModel

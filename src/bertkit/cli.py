@@ -7,11 +7,13 @@ written atomically, so a failed run leaves what was on disk untouched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, Interrupted
+from bertkit.files import check_output_file
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -29,6 +31,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     if not (jsonl or args.output.endswith(".npy")):
         raise BertkitError(f"--output {args.output}: must end in .npy or .jsonl",
                            hint="e.g. --output embeddings.npy (pooled vectors) or tokens.jsonl")
+    check_output_file(args.output)
     if args.pooling == "none" and not jsonl:
         raise BertkitError("--pooling none gives a different number of vectors per text, which .npy cannot hold",
                            hint="write them as JSON Lines: --output tokens.jsonl")
@@ -110,7 +113,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     run_demo(args.out, corpus_files=args.corpus, steps=args.steps, precision=args.precision, seed=args.seed,
              corpus_bytes=args.corpus_bytes, model_config=args.model_config, lr=args.lr, seq_len=args.seq_len,
-             batch_size=args.batch_size, vocab_size=args.vocab_size, show_progress=not args.quiet)
+             batch_size=args.batch_size, vocab_size=args.vocab_size, show_progress=not args.quiet, resume=args.resume)
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
@@ -140,6 +143,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
 
     if not args.out.endswith((".png", ".html")):
         raise BertkitError(f"--out {args.out}: must end in .png or .html", hint="e.g. --out attention.png")
+    check_output_file(args.out, "--out")
     model = load_model(args.model)
     encoder = model if isinstance(model, BertModel) else model.bert
     pick_head(encoder.config.num_hidden_layers, encoder.config.num_attention_heads, args.layer, args.head)
@@ -171,6 +175,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from bertkit.plot import plot_runs
 
     out = args.out or os.path.join(args.run_dir[0], "curves.png")
+    check_output_file(out, "--out")
     plot_runs(args.run_dir, out)
     print(f"wrote {out}", file=sys.stderr)
 
@@ -198,10 +203,12 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from bertkit.train.finetune import finetune
 
     summary = finetune(_finetune_config(args))
-    if "stopped" in summary:
-        return
     shown = {k: v for k, v in summary.items() if isinstance(v, dict) and "mean" in v}
-    print(", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in shown.items()))
+    if len(summary["seeds"]) == 1:  # one number, not "± 0.0000": one seed has no spread to report
+        print(", ".join(f"{k} {v['mean']:.4f}" for k, v in shown.items()))
+    else:
+        print(", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in shown.items())
+              + f" (mean ± std over {len(summary['seeds'])} seeds)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -209,6 +216,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from bertkit.train.finetune import evaluate_dir
 
+    if args.output:
+        check_output_file(args.output)
     result = evaluate_dir(_finetune_config(args), args.output)
     print(json.dumps(result, indent=2))
 
@@ -216,6 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from bertkit.files import read_text
 
+    check_output_file(args.output)
     if not read_text(args.input).strip():
         raise BertkitError(f"{args.input}: file is empty", hint="give the examples to predict")
     if args.task:  # the task's own file format in, the benchmark's submission format out
@@ -238,7 +248,8 @@ def predict_with_pipeline(args: argparse.Namespace) -> int:
     from bertkit.files import atomic_write_text, json_object, read_lines
     from bertkit.pipelines import Pipeline
 
-    pipe = Pipeline.from_pretrained(args.model, precision=args.precision, batch_size=args.eval_batch_size)
+    pipe = Pipeline.from_pretrained(args.model, precision=args.precision, batch_size=args.eval_batch_size,
+                                    show_progress=not args.quiet)
     task, needed = pipe.task, PIPELINE_FIELDS[pipe.task]
     lines = read_lines(args.input, skip_empty=False)
     if args.input.endswith((".jsonl", ".json")):
@@ -259,6 +270,13 @@ def predict_with_pipeline(args: argparse.Namespace) -> int:
         if has_pairs and not all(p is not None for p in pairs):
             raise BertkitError(f"{args.input}: some records have a text_pair and some do not",
                                hint="predict single texts and pairs in separate files")
+        from bertkit.data.tasks import reads_pairs
+
+        trained = pipe.settings.get("task")
+        if not has_pairs and reads_pairs(trained, pipe.settings.get("text_pair_column")):
+            print(f"warning: {args.model} was fine-tuned on text pairs ({trained}), but {args.input} gives single "
+                  "texts: its predictions will be poor; give each record a \"text_pair\" (JSON Lines)",
+                  file=sys.stderr)
         results = pipe.classify([r["text"] for r in records], pairs if has_pairs else None, args.threshold)
     elif task == "tag":
         results = pipe.tag([r["text"] for r in records])
@@ -302,10 +320,42 @@ def add_compute_options(p: argparse.ArgumentParser) -> None:
                         "shared out between the processes of this machine)")
 
 
+class DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows each option's default, where it has one worth showing and the help does not say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text or "default" in text
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+    def _format_action(self, action):
+        if action.help is None and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            action.help = "default: %(default)s"  # argparse prints nothing for an option without help
+        return super()._format_action(action)
+
+
+class CommandParser(OneLineParser):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(**kwargs)
+
+
+# How a run that does not finish ends, for `pretrain --help` and `finetune --help` (and the README).
+EXIT_STATUS = """exit status:
+  0    finished (pretrain: also after --stop-at N, a stop asked for; --max-minutes ends the run early
+       but finished: evaluated and saved)
+  2    an error: one line on stderr; an output directory this command created is removed again
+       (kept when it holds a checkpoint that --resume continues)
+  130  stopped by SIGINT (Ctrl-C), 143 by SIGTERM: a checkpoint was saved at the step boundary;
+       the same command plus --resume continues it"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="bertkit", description="BERT end to end: pre-train, fine-tune, use.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is loaded and skipped")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
 
     p = sub.add_parser("embed", help="sentence embeddings of one text per line, as a .npy array")
     p.add_argument("--model", required=True, help="model directory (HuggingFace format, with tokenizer)")
@@ -351,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("pretrain", help="pre-train with MLM + NSP (resumable; torchrun for DDP)")
+    p = sub.add_parser("pretrain", help="pre-train with MLM + NSP (resumable; torchrun for DDP)", epilog=EXIT_STATUS)
     p.add_argument("--data", nargs="+", required=True, help="prepared-data directories (several combine)")
     p.add_argument("--out", required=True, help="run directory: metrics.jsonl, checkpoints/, model/")
     p.add_argument("--model-config", default="mini", help="preset (tiny mini small medium base large) or config.json")
@@ -385,7 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("demo", help="learn a vocabulary, prepare and pre-train a small BERT in minutes on a CPU")
+    p = sub.add_parser("demo", help="learn a vocabulary, prepare and pre-train a small BERT in minutes on a CPU",
+                       epilog=EXIT_STATUS.replace("pretrain: also after --stop-at N, a stop asked for; --max-minutes "
+                                                  "ends the run early\n       but finished: evaluated and saved",
+                                                  "the held-out evaluation printed"))
     p.add_argument("--out", default="demo-out", help="directory to create (default: demo-out)")
     p.add_argument("--corpus", nargs="+", help="your own text files (default: the Python docs shipped with Python)")
     p.add_argument("--steps", type=positive_int, default=2500)
@@ -398,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=positive_int, default=4000)
     p.add_argument("--corpus-bytes", type=positive_int, default=3_000_000,
                    help="cap on the built-in corpus (a smaller one runs faster)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted demo in --out (same options): its vocabulary and data are reused, "
+                        "pre-training continues from its newest checkpoint")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -428,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--eval-batch-size", type=positive_int, default=128)
         p.add_argument("--null-threshold", type=float, help="squad2: predict no answer above this score gap")
 
-    p = sub.add_parser("finetune", help="fine-tune all parameters on a labeled task")
+    p = sub.add_parser("finetune", help="fine-tune all parameters on a labeled task", epilog=EXIT_STATUS)
     task_data(p, train=True)
     p.add_argument("--test", help="test file (unlabeled)")
     p.add_argument("--model", required=True, help="pre-trained model directory (HuggingFace format)")
@@ -438,16 +494,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps")
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--seeds", default="1", help="comma-separated; each seed runs into OUT/seed-N")
+    p.add_argument("--seeds", default="1", help="comma-separated; each seed runs into OUT/seed-N (one seed too), "
+                                                "OUT/eval_results.json holds mean and std over the seeds")
     p.add_argument("--keep", choices=["best", "last"], default="best", help="which epoch's model to keep")
     p.add_argument("--label-all-subtokens", action="store_true", help="ner: label every piece, not just the first")
     p.add_argument("--doc-stride", type=positive_int, default=128)
     p.add_argument("--max-query-len", type=positive_int, default=64)
     p.add_argument("--max-train-examples", type=positive_int, help="train on the first N examples (a quick run)")
-    p.add_argument("--log-every", type=positive_int, default=50)
+    p.add_argument("--log-every", type=positive_int, default=None,
+                   help="steps between metrics.jsonl lines (default: about 50 over the run, at most every 50)")
     p.add_argument("--save-every", type=int, default=500,
                    help="steps between checkpoints in OUT/checkpoints (one is also written at each epoch end)")
-    p.add_argument("--keep-checkpoints", type=positive_int, default=1)
+    p.add_argument("--keep-checkpoints", type=positive_int, default=1,
+                   help="checkpoints kept during the run; a finished seed's are all deleted at its end")
+    p.add_argument("--keep-checkpoints-at-end", action="store_true",
+                   help="keep the checkpoints of a finished run (by default deleted: nothing is left to resume)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its newest complete checkpoint")
     p.add_argument("--max-bad-steps", type=positive_int, default=10,
@@ -457,10 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("evaluate", help="evaluate a fine-tuned model; writes eval_results.json")
+    p = sub.add_parser("evaluate", help="evaluate a fine-tuned model; writes MODEL/evaluate_results.json")
     task_data(p, train=False)
     p.add_argument("--model", required=True, help="fine-tuned model directory")
-    p.add_argument("--output", help="results file (default MODEL/eval_results.json)")
+    p.add_argument("--output", help="results file (default: MODEL/evaluate_results.json; the fine-tune's own "
+                                    "eval_results.json is left as it is)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predictions for unlabeled input: with --task, the task's file format in "
@@ -469,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="fine-tuned model directory")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("attention", help="attention weights of every layer and head as a PNG or HTML heatmap")
@@ -506,31 +570,145 @@ def _negative_lists(argv: list[str]) -> list[str]:
     return out
 
 
+# The directory each command creates. When the command fails or is interrupted, a directory it created is
+# removed again (one it found empty is emptied), so nothing half-written is left and a retry does not stop at
+# "already exists"; unless the directory now holds work that --resume continues (RESUMABLE).
+OUTPUT_DIRS = {"vocab": "out", "prepare": "out", "pretrain": "out", "demo": "out", "finetune": "out",
+               "convert": "out"}
+
+
+def _has_checkpoint(path: str) -> bool:
+    import glob
+
+    pattern = os.path.join(glob.escape(path), "**", "checkpoints", "step-*", "trainer_state.json")
+    return bool(glob.glob(pattern, recursive=True))
+
+
+RESUMABLE = {"pretrain": _has_checkpoint, "finetune": _has_checkpoint,
+             "demo": lambda path: _has_checkpoint(path) or os.path.isfile(os.path.join(path, "data", "manifest.json"))}
+
+
+def _output_dir_state(args: argparse.Namespace) -> tuple[str, bool, bool] | None:
+    """(the command's output directory, whether it existed, whether it held anything) before the command ran."""
+    name = OUTPUT_DIRS.get(args.command)
+    path = getattr(args, name, None) if name else None
+    if not path:
+        return None
+    path = os.path.abspath(path)
+    existed = os.path.isdir(path)
+    return path, existed, existed and bool(os.listdir(path))
+
+
+def _undo_output_dir(command: str, before: tuple[str, bool, bool] | None) -> None:
+    """After a failure: remove what this command wrote into an output directory that was absent or empty."""
+    import shutil
+
+    if before is None or before[2] or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone
+        return
+    path, existed, _ = before
+    if not os.path.isdir(path) or RESUMABLE.get(command, lambda _: False)(path):
+        return
+    if not existed:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in os.listdir(path):
+        target = os.path.join(path, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+
+
+# What to try when memory runs out, by command: the options that size what is held at once.
+MEMORY_HINTS = {
+    "pretrain": "use a smaller --batch-size (with --grad-accum N to keep the samples per step) or a shorter --seq-len",
+    "demo": "use a smaller --batch-size or a shorter --seq-len",
+    "finetune": "use a smaller --batch-size or --eval-batch-size, or a shorter --max-seq-len",
+    "evaluate": "use a smaller --eval-batch-size or a shorter --max-seq-len",
+    "predict": "use a smaller --eval-batch-size or a shorter --max-seq-len",
+    "embed": "use a smaller --batch-size or a shorter --max-seq-len",
+    "prepare": "use fewer --workers, or split the corpus into several prepare runs (pretrain takes several --data)",
+}
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """One line for an allocation failure (torch's CPU or CUDA allocator, numpy, Python), else None."""
+    import re
+
+    import torch
+
+    text = str(error)
+    cpu_failure = isinstance(error, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text
+                                                        or "out of memory" in text.lower())
+    if not isinstance(error, (MemoryError, torch.OutOfMemoryError)) and not cpu_failure:
+        return None
+    where = "GPU memory" if isinstance(error, torch.OutOfMemoryError) or "CUDA" in text else "memory"
+    size = None
+    if m := re.search(r"tried to allocate (\d+) bytes", text, re.IGNORECASE):
+        size = f"{int(m.group(1)) / 2 ** 30:.2f} GiB"
+    elif m := re.search(r"(?:tried to|unable to) allocate ([\d.]+ ?[KMGT]iB)", text, re.IGNORECASE):
+        size = m.group(1)
+    needed = f" (an allocation of {size} failed)" if size else ""
+    return f"out of {where}{needed}"
+
+
 def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads sleep instead of spinning (unless the user chose otherwise): spinning threads of
     # two runs on the same cores took each other's time slices, a 60x slowdown (BENCHMARKS.md). Must be
     # set before torch loads OpenMP.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(_negative_lists(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    before = _output_dir_state(args)
+
+    def terminated(signum, frame):  # SIGTERM ends a command as Ctrl-C does: cleaned up, exit status 143
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    status = 0
     try:
         if hasattr(args, "threads"):  # a command that runs a model
             from bertkit.device import configure_threads
 
             configure_threads(args.threads)
+
+        from bertkit.checkpoint import resolve_model_dir
+
+        for name in ("model", "init"):  # a run directory names its model: RUN/model, OUT/seed-N
+            if isinstance(getattr(args, name, None), str):
+                setattr(args, name, resolve_model_dir(getattr(args, name)))
         args.func(args)
     except BertkitError as e:
         print(f"bertkit {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        status = 2
     except OSError as e:  # a disk full, a directory where a file was expected, no permission
         where = f"{e.filename}: " if e.filename else ""
         print(f"bertkit {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
+        status = 2
+    except Interrupted as e:
+        print(f"bertkit {args.command}: {e.message or 'interrupted'}", file=sys.stderr)
+        status = 128 + e.signum
     except KeyboardInterrupt:
         print(f"bertkit {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        status = 128 + signal.SIGINT
+    except (MemoryError, RuntimeError) as e:
+        message = out_of_memory(e)
+        if message is None:
+            _undo_output_dir(args.command, before)
+            raise
+        hint = MEMORY_HINTS.get(args.command, "work on less at once")
+        print(f"bertkit {args.command}: error: {message}; {hint}", file=sys.stderr)
+        status = 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if status:
+        _undo_output_dir(args.command, before)
+    return status
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ It leaves a HuggingFace model directory (`OUT/run/model`) and the training curve
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from collections import Counter
 import torch
 
 from bertkit.errors import BertkitError
-from bertkit.files import atomic_write_text, check_output_dir
+from bertkit.files import atomic_write_json, atomic_write_text, check_output_dir, read_text
 
 # Sentences about the corpus' subject, each with one word hidden; the expected word is in brackets.
 PROBES = [
@@ -82,54 +83,91 @@ def show_fill_mask(model, tokenizer, title: str) -> None:
         print(f"  {probe:<72} -> {shown}")
 
 
+SETTINGS_FILE = "demo.json"  # the options a demo directory was made with: --resume must repeat them
+
+
 def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 2500, vocab_size: int = 4000,
              model_config: str = "tiny", seq_len: int = 128, batch_size: int = 32, lr: float = 2e-3,
              precision: str = "auto", seed: int = 0, corpus_bytes: int = 3_000_000,
-             show_progress: bool = True) -> dict:
-    check_output_dir(out)
+             show_progress: bool = True, resume: bool = False) -> dict:
+    """Run the demo into `out`; with `resume`, continue an interrupted one there (its vocabulary and data
+    reused when complete, the pre-training from its newest checkpoint)."""
+    settings = dict(corpus=[os.path.abspath(f) for f in corpus_files] if corpus_files else None, steps=steps,
+                    vocab_size=vocab_size, model_config=model_config, seq_len=seq_len, batch_size=batch_size, lr=lr,
+                    precision=precision, seed=seed, corpus_bytes=corpus_bytes)
+    if resume and os.path.isfile(os.path.join(out, SETTINGS_FILE)):
+        _check_same_settings(out, settings)
+    else:
+        check_output_dir(out, hint="continue the demo in it with --resume, choose a new --out, or delete it",
+                         reuse=resume)
+        resume = False  # nothing to continue: a fresh start
+        os.makedirs(out, exist_ok=True)
+        atomic_write_json(os.path.join(out, SETTINGS_FILE), settings)
+    return _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch_size, lr, precision, seed,
+                     corpus_bytes, show_progress, resume)
+
+
+def _check_same_settings(out: str, settings: dict) -> None:
+    path = os.path.join(out, SETTINGS_FILE)
     try:
-        return _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch_size, lr, precision, seed,
-                         corpus_bytes, show_progress)
-    except BertkitError:
-        shutil.rmtree(out, ignore_errors=True)  # a failed demo leaves nothing behind to trip the next try
-        raise
+        saved = json.loads(read_text(path))
+    except ValueError:
+        raise BertkitError(f"{path}: not valid JSON", hint="the demo's settings file is damaged; start a new --out")
+    changed = [f"{k} {saved.get(k)!r} (now {v!r})" for k, v in settings.items() if saved.get(k) != v]
+    if changed:
+        raise BertkitError(f"--resume: {out} was started with other settings: {', '.join(changed)}",
+                           hint="resume with the original options, or choose a new --out")
 
 
 def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch_size, lr, precision, seed,
-              corpus_bytes, show_progress) -> dict:
+              corpus_bytes, show_progress, resume) -> dict:
     from bertkit.data.corpus import expand_inputs, train_tokenizer
     from bertkit.data.prepare import prepare
     from bertkit.model import BertForPreTraining
-    from bertkit.train.pretrain import PretrainConfig, build, pretrain
+    from bertkit.tokenizer import Tokenizer
+    from bertkit.train.pretrain import PretrainConfig, build, evaluate, pretrain
 
     started = time.perf_counter()
-    os.makedirs(out, exist_ok=True)
+    tokenizer_dir, data_dir = os.path.join(out, "tokenizer"), os.path.join(out, "data")
+    # the prepared data is renamed into place complete, after the vocabulary: with it, steps 1 and 2 are done
+    prepared = resume and os.path.isfile(os.path.join(data_dir, "manifest.json"))
     if corpus_files:
         files, fmt = expand_inputs(corpus_files), "text"
         print(f"corpus: {', '.join(corpus_files)}")
     else:
         files, fmt = [os.path.join(out, "corpus.txt")], "text"
-        atomic_write_text(files[0], python_docs_corpus(corpus_bytes))
+        if not (resume and os.path.isfile(files[0])):  # written atomically: if it is there, it is whole
+            atomic_write_text(files[0], python_docs_corpus(corpus_bytes))
         print(f"corpus: the Python documentation shipped with Python, {os.path.getsize(files[0]) / 1e6:.1f} MB "
               f"-> {files[0]}")
 
-    print(f"\n[1/4] learning a {vocab_size}-token WordPiece vocabulary")
-    tokenizer = train_tokenizer(files, vocab_size, fmt)
-    tokenizer_dir = os.path.join(out, "tokenizer")
-    tokenizer.save_pretrained(tokenizer_dir)
-    print(f"      {tokenizer.vocab_size} tokens; e.g. {tokenizer.tokenize('Exceptions are raised by statements.')}")
+    if prepared:
+        tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+        print(f"\n[1/4] reusing the {tokenizer.vocab_size}-token vocabulary in {tokenizer_dir}")
+    else:
+        shutil.rmtree(tokenizer_dir, ignore_errors=True)  # debris of an interrupted first try
+        shutil.rmtree(data_dir, ignore_errors=True)
+        print(f"\n[1/4] learning a {vocab_size}-token WordPiece vocabulary")
+        tokenizer = train_tokenizer(files, vocab_size, fmt)
+        tokenizer.save_pretrained(tokenizer_dir)
+        print(f"      {tokenizer.vocab_size} tokens; e.g. {tokenizer.tokenize('Exceptions are raised by statements.')}")
 
-    print("\n[2/4] preparing pre-training data")
-    data_dir = os.path.join(out, "data")
-    manifest = prepare(files, tokenizer_dir, data_dir, fmt=fmt, workers=1, validation_fraction=0.1, seed=seed,
-                       show_progress=False)
+    if prepared:
+        print(f"\n[2/4] reusing the pre-training data in {data_dir}")
+        from bertkit.data.prepare import load_manifest
+
+        manifest = load_manifest(data_dir)
+    else:
+        print("\n[2/4] preparing pre-training data")
+        manifest = prepare(files, tokenizer_dir, data_dir, fmt=fmt, workers=1, validation_fraction=0.1, seed=seed,
+                           show_progress=False)
     for split, counts in manifest["splits"].items():
         print(f"      {split}: {counts['documents']} documents, {counts['sentences']} sentences, {counts['tokens']} tokens")
 
     cfg = PretrainConfig(data=[data_dir], out=os.path.join(out, "run"), model_config=model_config, steps=steps,
                          batch_size=batch_size, lr=lr, warmup=0.06, seq_len=seq_len, precision=precision, seed=seed,
                          log_every=25, eval_every=max(1, steps // 4), save_every=steps, eval_samples=512,
-                         show_progress=show_progress,
+                         show_progress=show_progress, resume=resume,
                          model_overrides=dict(max_position_embeddings=seq_len))
     untrained, _, _, validation = build(cfg)
     if validation is None:
@@ -144,10 +182,10 @@ def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch
           f"{sum(p.numel() for p in untrained.parameters()) / 1e6:.1f}M parameters) for {steps} steps of "
           f"{batch_size} x {seq_len} tokens, MLM + NSP, {precision}")
     torch.manual_seed(seed)
-    held_out = pretrain(cfg)
-    if not held_out or held_out.get("step") != steps:
-        print("\npre-training was stopped before the end; the checkpoint is in", cfg.out)
-        return held_out
+    held_out = pretrain(cfg)  # SIGINT/SIGTERM: a checkpoint, then Interrupted (the CLI says how to --resume)
+    model = BertForPreTraining.from_pretrained(os.path.join(cfg.out, "model"))
+    if held_out.get("step") != steps:  # resumed after the last step: this call trained and evaluated nothing
+        held_out = {"step": steps, **evaluate(model, validation, cfg, torch.device("cpu"))}
 
     print("\n[4/4] held-out evaluation")
     mlm_floor, nsp_floor = baselines(validation, cfg.eval_samples)
@@ -155,7 +193,6 @@ def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch
           f"{1 / tokenizer.vocab_size:.2%}; always guessing the most frequent token: {mlm_floor:.1%})")
     print(f"      NSP accuracy {held_out['nsp_accuracy']:.1%}  (chance 50%; always guessing the majority class: "
           f"{nsp_floor:.1%})")
-    model = BertForPreTraining.from_pretrained(os.path.join(cfg.out, "model"))
     show_fill_mask(model, tokenizer, "fill-mask after pre-training:")
     print(f"\nmodel directory (HuggingFace format): {os.path.join(cfg.out, 'model')}")
     print(f"training curves: {os.path.join(cfg.out, 'curves.png')}")

@@ -60,6 +60,21 @@ def check_output_dir(path: str, option: str = "--out", hint: str = "choose a new
         raise BertkitError(f"{option} {path}: already exists and is not empty", hint=hint)
 
 
+def check_output_file(path: str, option: str = "--output") -> None:
+    """Refuse an output file that cannot be written, before any work is done: a directory at that path, a
+    file where its directory should be, or a directory we may not write into."""
+    if os.path.isdir(path):
+        raise BertkitError(f"{option} {path}: is a directory, expected a file name",
+                           hint=f"name a file inside it, e.g. {option} {os.path.join(path, 'NAME')}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # atomic_write creates missing directories: check the nearest that exists
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise BertkitError(f"{option} {path}: {parent} is a file, not a directory", hint=f"choose another {option}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BertkitError(f"{option} {path}: no permission to write in {parent}", hint=f"choose another {option}")
+
+
 def read_text(path: str) -> str:
     """A whole UTF-8 text file; invalid bytes are reported with their line and byte offset."""
     if not os.path.exists(path):

@@ -34,15 +34,19 @@ def feature_length(feature: dict) -> int:
 
 @torch.inference_mode()
 def run_features(model, features: Sequence[dict], pad_token_id: int, batch_size: int = 128,
-                 precision: str = "auto") -> list:
+                 precision: str = "auto", progress: str | None = None) -> list:
     """A task model's outputs for each feature, in feature order, batched by length: logit rows
-    (numpy), or (start, end) logit rows for span QA. The model is left in eval mode."""
+    (numpy), or (start, end) logit rows for span QA. The model is left in eval mode. `progress`: a
+    progress bar's label (none without it)."""
+    from tqdm.auto import tqdm
+
     from bertkit.data.features import collate
 
     model.eval()
     device = next(model.parameters()).device
     out: list = [None] * len(features)
-    for indices in length_grouped_batches([feature_length(f) for f in features], batch_size):
+    batches = list(length_grouped_batches([feature_length(f) for f in features], batch_size))
+    for indices in tqdm(batches, desc=progress, unit="batch", disable=progress is None, dynamic_ncols=True):
         batch = collate([features[i] for i in indices], pad_token_id)
         batch = to_device(batch, device, keys=("input_ids", "token_type_ids", "attention_mask"))
         with resolve_precision(precision, device).autocast(device):

@@ -43,20 +43,20 @@ def _warn_truncated(count: int, total: int, max_len: int) -> None:
 
 class Pipeline:
     def __init__(self, model, tokenizer, settings: dict | None = None, precision: str = "auto",
-                 batch_size: int = 64):
+                 batch_size: int = 64, show_progress: bool = False):
         from bertkit.device import resolve_precision
 
         # checked now; said at the first batch the model runs (after the inputs are checked)
         resolve_precision(precision, next(model.parameters()).device, announce=False)
         self.model, self.tokenizer, self.settings = model.eval(), tokenizer, settings or {}
-        self.precision, self.batch_size = precision, batch_size
+        self.precision, self.batch_size, self.show_progress = precision, batch_size, show_progress
         self.task = TASK_OF_HEAD.get(type(model).__name__)
         positions = model.config.max_position_embeddings
         self.max_len = min(self.settings.get("max_seq_len") or positions, positions)
 
     @classmethod
     def from_pretrained(cls, directory: str, device: str | torch.device | None = None, precision: str = "auto",
-                        batch_size: int = 64) -> Pipeline:
+                        batch_size: int = 64, show_progress: bool = False) -> Pipeline:
         """A fine-tuned directory (any HuggingFace BERT with a task head, or one written by `bertkit finetune`)."""
         from bertkit.checkpoint import load_model
         from bertkit.tokenizer import Tokenizer
@@ -70,7 +70,7 @@ class Pipeline:
                                     "BertForSequenceClassification in config.json's architectures")
         settings = read_task_settings(directory)
         model.to(device or default_device())
-        return cls(model, Tokenizer.from_pretrained(directory), settings, precision, batch_size)
+        return cls(model, Tokenizer.from_pretrained(directory), settings, precision, batch_size, show_progress)
 
     def __call__(self, inputs: Sequence, **kwargs) -> list[dict]:
         if self.task is None:
@@ -80,7 +80,8 @@ class Pipeline:
     def _run(self, features: list[dict]) -> list:
         from bertkit.inference import run_features
 
-        return run_features(self.model, features, self.tokenizer.pad_token_id, self.batch_size, self.precision)
+        return run_features(self.model, features, self.tokenizer.pad_token_id, self.batch_size, self.precision,
+                            progress=self.task if self.show_progress else None)
 
     def _require(self, task: str) -> None:
         if self.task != task:

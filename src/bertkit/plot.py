@@ -32,6 +32,17 @@ def read_metrics(run_dir: str) -> list[dict]:
     return rows
 
 
+def run_labels(run_dirs: list[str]) -> list[str]:
+    """Short names that tell runs apart: the last path part, with as many parents as it takes
+    (a/run and b/run, not run and run)."""
+    parts = [os.path.normpath(os.path.abspath(d)).split(os.sep) for d in run_dirs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [os.path.normpath(d) for d in run_dirs]
+
+
 def plot_runs(run_dirs: list[str], out: str) -> str:
     """Draw the panels that have data for any of the runs into a PNG."""
     import matplotlib
@@ -52,22 +63,30 @@ def plot_runs(run_dirs: list[str], out: str) -> str:
     fig, axes = plt.subplots(rows_n, columns, figsize=(4 * columns, 3.3 * rows_n), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
+    ylims = {}
     for ax, (key, title) in zip(axes.flat, panels):
-        for i, (run, rows) in enumerate(runs.items()):
+        for i, ((run, rows), label) in enumerate(zip(runs.items(), run_labels(list(runs)))):
             color = f"C{i}"
-            label = os.path.basename(os.path.normpath(run))
             train = [(r["step"], r[key]) for r in rows if r.get(key) is not None and r.get("split") not in HELD_OUT]
             held = [(r["step"], r[key]) for r in rows if r.get(key) is not None and r.get("split") in HELD_OUT]
             if train:
                 ax.plot(*zip(*train), color=color, label=f"{label} (train)", linewidth=1.2)
             if held:
                 ax.plot(*zip(*held), "o--", color=color, label=f"{label} (held-out)", markersize=4)
+        # An honest axis: non-negative quantities start at 0, and ticks show the values themselves (no
+        # "+6.927e-1" offset), so a loss flat at 0.693 looks flat rather than like a fall across the panel.
+        values = [r[key] for rows in runs.values() for r in rows if isinstance(r.get(key), (int, float))]
+        if values and min(values) >= 0:
+            ax.set_ylim(bottom=0, top=max(max(values) * 1.05, 1e-12))
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ylims[title] = [float(v) for v in ax.get_ylim()]
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    description = json.dumps({"panels": [title for _, title in panels], "runs": len(runs)})  # for tests and tools
+    description = json.dumps({"panels": [title for _, title in panels], "runs": len(runs),  # for tests and tools
+                              "labels": run_labels(list(runs)), "ylim": ylims})
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Description": description}))
     plt.close(fig)
     return out

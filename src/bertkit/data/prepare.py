@@ -188,23 +188,35 @@ def _in_validation(seed: int, index: int, fraction: float) -> bool:
     return int.from_bytes(digest, "little") < fraction * 2**64
 
 
+# A held-out number needs more than a document or two (and NSP evaluation needs two): however small the
+# fraction, at least this many documents are held out, but never more than a tenth of the corpus.
+MIN_VALIDATION_DOCUMENTS = 10
+
+
 def _assign_splits(documents, writers: dict, fraction: float, seed: int) -> None:
-    # The latest document is held back until the next arrives: if the corpus ends with no
-    # validation document yet, the last one goes there, so any fraction > 0 gives a validation set.
-    held, index = None, -1
+    # The latest MIN_VALIDATION_DOCUMENTS documents are held back until more arrive: when the corpus ends,
+    # they top the validation split up to min(MIN_VALIDATION_DOCUMENTS, a tenth of the corpus), and to at
+    # least one document, so any fraction > 0 gives a usable validation set.
+    held: collections.deque = collections.deque()
     for index, document in enumerate(documents):
-        if held is not None:
-            writers["validation" if _in_validation(seed, index - 1, fraction) else "train"].add(*held)
-        held = document
-    if held is None:
-        return
-    if fraction > 0 and writers["validation"].documents == 0 and writers["train"].documents > 0:
-        split = "validation"
-    elif writers["train"].documents == 0:
-        split = "train"
-    else:
-        split = "validation" if _in_validation(seed, index, fraction) else "train"
-    writers[split].add(*held)
+        held.append((index, document))
+        if len(held) > MIN_VALIDATION_DOCUMENTS:
+            i, doc = held.popleft()
+            writers["validation" if _in_validation(seed, i, fraction) else "train"].add(*doc)
+    total = writers["train"].documents + writers["validation"].documents + len(held)
+    wanted = max(1, min(MIN_VALIDATION_DOCUMENTS, total // 10)) if fraction > 0 else 0
+    while held:
+        i, doc = held.popleft()
+        slots = len(held) + 1  # this document and those after it
+        need_train = int(writers["train"].documents == 0)
+        need_validation = wanted - writers["validation"].documents
+        if need_train and slots == 1:
+            split = "train"  # training needs a document of its own before validation does
+        elif need_validation > 0 and need_validation >= slots - need_train:
+            split = "validation"
+        else:
+            split = "validation" if _in_validation(seed, i, fraction) else "train"
+        writers[split].add(*doc)
 
 
 class _SplitWriter:

@@ -315,8 +315,18 @@ def read_table(path: str, text_column: str = "text", text_pair_column: str | Non
     Class labels are kept as strings (JSON numbers too: 1 -> "1"); regression labels as floats. With a
     label_separator (multi-label) each label is the list of class names in the field, split on it.
     """
+    records = _records(path)
+    if records and not path.lower().endswith((".jsonl", ".json")):  # a table: its header names the columns
+        header = list(records[0][1])
+        needed = [("--text-column", text_column), ("--text-pair-column", text_pair_column)]
+        needed += [("--label-column", label_column)] if labeled else []
+        for option, column in needed:
+            if column is not None and column not in header:
+                raise BertkitError(f"{path}: the header has no {column!r} column; its columns are "
+                                   f"{reprlib.repr(header)}",  # (shortened: a header can be a 10 MB line)
+                                   hint=f"name the column with {option}")
     examples = []
-    for number, record in _records(path):
+    for number, record in records:
         label = None
         if labeled:
             raw = _field(path, number, record, label_column, kind=object)
@@ -484,6 +494,11 @@ def read_choices(path: str, labeled: bool = True) -> list[ChoiceExample]:
                 hint="every example needs the same number of endings")
         examples.append(ChoiceExample(context=context, endings=endings, label=label, guid=f"{path}:{number}"))
     return examples
+
+
+def reads_pairs(task: str | None, text_pair_column: str | None = None) -> bool:
+    """Whether a task's examples are text pairs (RTE's two sentences, a classify file's --text-pair-column)."""
+    return bool(text_pair_column) or (task in _GLUE and _GLUE[task].text_b is not None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ predicted, saved with problem_type multi_label_classification so transformers tr
 The loop: length-grouped batches (texts of similar length batched together, so little compute goes to
 padding), AdamW with warmup and linear decay, gradient clipping, optional bf16 autocast; evaluation on
 dev after each epoch, keeping the best epoch by the task's main metric (or the last, --keep last).
-Several seeds run into OUT/seed-N and OUT/eval_results.json reports mean and std of every metric.
+Each seed runs into OUT/seed-N (one seed too: one layout), and OUT/eval_results.json reports the mean and
+std of every metric over the seeds. A finished seed's intermediate checkpoints are deleted (a run that has
+finished has nothing to resume) unless keep_checkpoints_at_end.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from bertkit.device import default_device, oversubscription_note, resolve_precision, to_device
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, Interrupted
 from bertkit.files import atomic_write_json, atomic_write_text, check_output_dir
 from bertkit.inference import feature_length
 from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
@@ -74,9 +76,10 @@ class FinetuneConfig:
     null_threshold: float = 0.0
     max_train_examples: int | None = None  # a quick run on the first N training examples
     group_by_length: bool = True
-    log_every: int = 50
+    log_every: int | None = None  # None: about 50 points over the run (every step of a short one), at most every 50
     save_every: int = 500  # steps between checkpoints (and one at each epoch end); 0: epoch ends only
-    keep_checkpoints: int = 1
+    keep_checkpoints: int = 1  # during the run; at its end all are deleted, unless keep_checkpoints_at_end
+    keep_checkpoints_at_end: bool = False
     max_bad_steps: int = 10  # stop after this many consecutive non-finite steps
     resume: bool = False
     tensorboard: bool = False
@@ -179,11 +182,12 @@ def batches(features: list[dict], batch_size: int, rng: np.random.Generator | No
 # Evaluation
 
 
-def predict_logits(model, features, cfg: FinetuneConfig, pad_id: int) -> list:
+def predict_logits(model, features, cfg: FinetuneConfig, pad_id: int, progress: str | None = None) -> list:
     """Per-feature outputs in feature order (inference.run_features); the model goes back to training mode."""
     from bertkit.inference import run_features
 
-    outputs = run_features(model, features, pad_id, cfg.eval_batch_size, cfg.precision)
+    outputs = run_features(model, features, pad_id, cfg.eval_batch_size, cfg.precision,
+                           progress=progress if cfg.show_progress else None)
     model.train()
     return outputs
 
@@ -304,6 +308,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                                 "best": best}, keep=cfg.keep_checkpoints)
 
     autocast = resolve_precision(cfg.precision, device).autocast(device)
+    log_every = cfg.log_every or max(1, min(50, total // 50))  # a readable curve whatever the run's length
     progress = tqdm(total=total, initial=step, desc=f"finetune {cfg.task} seed {seed}", unit="step",
                     disable=not cfg.show_progress, dynamic_ncols=True)
     window_loss, window_samples, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
@@ -341,7 +346,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
             offset += 1
             window_samples += len(indices)
             progress.update(1)
-            if step % cfg.log_every == 0 or step == total:
+            if step % log_every == 0 or step == total:
                 elapsed = time.perf_counter() - window_start
                 train_seconds += elapsed
                 line = {"step": step, "epoch": epoch, "loss": window_loss / window_steps if window_steps else None,
@@ -381,7 +386,21 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
     if train_seconds:  # (a run resumed after its last step trained for no time here)
         best["train_samples_per_s"] = len(train_feats) * cfg.epochs / train_seconds
     atomic_write_json(os.path.join(out, "eval_results.json"), best)
+    if not cfg.keep_checkpoints_at_end:  # finished: nothing left to resume (a MiniLM checkpoint is ~130 MB)
+        remove_checkpoints(out)
     return best
+
+
+def remove_checkpoints(out: str) -> None:
+    """Delete OUT/checkpoints: renamed first, so an interruption never leaves a half-deleted checkpoint that
+    looks complete."""
+    import shutil
+
+    root, doomed = os.path.join(out, "checkpoints"), os.path.join(out, ".checkpoints.deleted")
+    shutil.rmtree(doomed, ignore_errors=True)
+    if os.path.isdir(root):
+        os.replace(root, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def save_model_dir(model, tokenizer, out: str, cfg: FinetuneConfig, data: dict,
@@ -439,6 +458,11 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 dev_examples=dev_examples, dev=dev_feats)
     # the model loads (config and weights are sound) and takes --max-seq-len, before anything is written
     check_length(cfg, spec.kind, _load_model(spec.kind, cfg.model, label_list).config.max_position_embeddings)
+    if len(train_feats) < cfg.batch_size:  # as pretrain: a "run" of one partial batch trains nothing of note
+        unit = "features (question windows)" if spec.kind == "span" else "examples"
+        raise BertkitError(f"the training data has {len(train_feats)} {unit}, fewer than one batch needs "
+                           f"(--batch-size {cfg.batch_size})",
+                           hint=f"lower --batch-size to {len(train_feats)} or less, or train on more data")
     device = default_device()
     precision = resolve_precision(cfg.precision, device)
     if device.type == "cpu" and (note := oversubscription_note()):
@@ -453,7 +477,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
     with StopRequest() as stop:
         for seed in cfg.seeds:
-            out = cfg.out if len(cfg.seeds) == 1 else os.path.join(cfg.out, f"seed-{seed}")
+            out = os.path.join(cfg.out, f"seed-{seed}")
             done = os.path.join(out, "eval_results.json")
             if cfg.resume and os.path.isfile(done):  # this seed finished before the interruption
                 with open(done, encoding="utf-8") as f:
@@ -462,19 +486,17 @@ def finetune(cfg: FinetuneConfig) -> dict:
             try:
                 results[seed] = train_one_seed(cfg, seed, out, data, tokenizer, device, stop)
             except Stopped as e:
-                print(f"stopped at step {e.step} of seed {seed}; checkpoint {e.path}. "
-                      "Resume with the same command plus --resume", file=sys.stderr)
-                return {"stopped": e.path}
+                raise Interrupted(stop.signum, f"stopped at step {e.step} of seed {seed}; checkpoint {e.path}. "
+                                               "Resume with the same command plus --resume") from None
     summary = summarize(results, spec.metrics)
-    if len(cfg.seeds) > 1:
-        atomic_write_json(os.path.join(cfg.out, "eval_results.json"), summary)
+    atomic_write_json(os.path.join(cfg.out, "eval_results.json"), summary)
     return summary
 
 
 CONFIG_FILE = "finetune_config.json"
 # Options that do not change what a run computes: a resumed run may change them.
 RUN_ONLY = ("resume", "force", "show_progress", "log_every", "tensorboard", "save_every", "keep_checkpoints",
-            "eval_batch_size", "max_bad_steps")
+            "keep_checkpoints_at_end", "eval_batch_size", "max_bad_steps")
 
 
 def check_resume(cfg: FinetuneConfig) -> None:
@@ -610,11 +632,15 @@ def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
     device = default_device()
     model.to(device)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device).name)
-    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id)
+    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="evaluate")
     result, _ = score(kind, cfg.task, examples, feats, outputs, labels, cfg)
     result = {k: float(v) for k, v in result.items()}
-    atomic_write_json(output or os.path.join(cfg.model, "eval_results.json"), result)
+    # not eval_results.json: that is the fine-tune's own record of its dev score, kept as it was
+    atomic_write_json(output or os.path.join(cfg.model, EVALUATE_FILE), result)
     return result
+
+
+EVALUATE_FILE = "evaluate_results.json"  # where `bertkit evaluate` writes by default
 
 
 def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
@@ -628,7 +654,7 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     device = default_device()
     model.to(device)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device).name)
-    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id)
+    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="predict")
     _, predictions = score(spec.kind, cfg.task, _unlabel(examples), feats, outputs, labels, cfg)
     if spec.kind == "span":
         lines = [json.dumps({"id": e.id, "answer": predictions.get(e.id, "")}, ensure_ascii=False) for e in examples]

@@ -25,7 +25,7 @@ import torch
 
 from bertkit.config import BertConfig, preset
 from bertkit.device import PRECISIONS, Precision, oversubscription_note, resolve_precision, to_device
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, Interrupted
 from bertkit.files import atomic_write_json, check_output_dir
 from bertkit.model import BertForPreTraining
 from bertkit.train import distributed
@@ -141,6 +141,18 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     return model, tokenizer, train, validation
 
 
+def no_validation_note(cfg: PretrainConfig) -> str:
+    """Why a run has no held-out evaluation, in one line (said at the start, never left silent)."""
+    from bertkit.data.prepare import load_manifest
+
+    documents = sum(load_manifest(d)["splits"].get("validation", {}).get("documents", 0) for d in cfg.data)
+    needed = 2 if cfg.objective == "nsp" else 1
+    return (f"note: no held-out evaluation: the prepared data ({', '.join(cfg.data)}) holds {documents} validation "
+            f"document{'s' if documents != 1 else ''}, and it needs {needed}"
+            f"{' (NSP pairs two documents)' if needed == 2 else ''}; prepare the data again with a larger "
+            "--validation-fraction to see held-out MLM/NSP accuracy")
+
+
 def micro_batches(order: np.ndarray, offset: int, cfg: PretrainConfig, world: distributed.World):
     """This rank's micro-batches of one step: (is_last, j, sample indices)."""
     for a in range(cfg.grad_accum):
@@ -214,6 +226,37 @@ def check_resume(state: dict, cfg: PretrainConfig, world: distributed.World, pat
                            hint="resume with the original settings, or start a new --out")
 
 
+# What fixes the learning-rate schedule (warmup, then linear decay to 0 at --steps): a resumed run keeps it.
+PLAN_FIELDS = ("steps", "lr", "warmup")
+
+
+def check_plan(state: dict, cfg: PretrainConfig, path: str) -> None:
+    """A resumed run must keep the schedule it started with: a changed --steps would jump the learning rate
+    (a run that had decayed to ~0 would restart near its peak). Training on past the end is a new run from
+    the model (--init), with a schedule of its own."""
+    saved = state.get("plan")
+    if saved is None:
+        return
+    changed = [f"--{k} {saved[k]} (now {getattr(cfg, k)})" for k in PLAN_FIELDS if saved.get(k) != getattr(cfg, k)]
+    if changed:
+        original = " ".join(f"--{k} {saved[k]}" for k in PLAN_FIELDS if saved.get(k) != getattr(cfg, k))
+        raise BertkitError(f"--resume {path}: the run's learning-rate schedule was planned with {', '.join(changed)}",
+                           hint=f"resume with {original}; to train on past the planned end, start a new --out with "
+                                f"--init {os.path.join(cfg.out, 'model')} once this run has finished")
+
+
+def check_same_model(path: str, config: BertConfig, cfg: PretrainConfig) -> None:
+    """The checkpoint's config.json against the model this command builds: name each setting that differs."""
+    saved = BertConfig.load(os.path.join(path, "model", "config.json"))
+    changed = [f"{f.name} {getattr(saved, f.name)!r} (now {getattr(config, f.name)!r})"
+               for f in dataclasses.fields(BertConfig) if f.name != "extra"
+               and getattr(saved, f.name) != getattr(config, f.name)]
+    if changed:
+        given = f"--init {cfg.init}" if cfg.init else f"--model-config {cfg.model_config}"
+        raise BertkitError(f"--resume {path}: the checkpoint's model differs from {given}: {', '.join(changed)}",
+                           hint="resume with the original --model-config, or start a new --out")
+
+
 def pretrain(cfg: PretrainConfig) -> dict:
     """Run (or resume) pre-training; returns the last evaluation metrics."""
     from tqdm.auto import tqdm
@@ -226,6 +269,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     model, tokenizer, train_set, validation = build(cfg, world.world_size)
     precision = resolve_precision(cfg.precision, world.device, announce=False)  # said once the run starts
     distributed.barrier(world)  # every rank has validated --out before rank 0 writes into it
+    if validation is None and world.is_main:
+        print(no_validation_note(cfg), file=sys.stderr)
     model.to(world.device)
     wrapped = distributed.wrap(model, world)
     if cfg.compile:
@@ -235,8 +280,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
     checkpoints = complete_checkpoints(cfg.out) if cfg.resume else []
     if checkpoints:
+        check_same_model(checkpoints[-1], model.config, cfg)
         state = load_checkpoint(checkpoints[-1], model, optimizer)
         check_resume(state, cfg, world, checkpoints[-1])
+        check_plan(state, cfg, checkpoints[-1])
         step, epoch, offset = state["step"], state["epoch"], state["offset"]
         bad_steps_total = state.get("skipped_steps", 0)
         if world.is_main:
@@ -269,7 +316,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         if world.is_main:
             path = save_checkpoint(cfg.out, at_step, model, tokenizer, optimizer,
                                    {"epoch": epoch, "offset": offset, "skipped_steps": bad_steps_total,
-                                    "stream": stream_signature(cfg, world)}, keep=cfg.keep_checkpoints)
+                                    "stream": stream_signature(cfg, world),
+                                    "plan": {k: getattr(cfg, k) for k in PLAN_FIELDS}}, keep=cfg.keep_checkpoints)
         distributed.barrier(world)
         return path
 
@@ -351,18 +399,23 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 distributed.barrier(world)
                 paused_seconds += time.perf_counter() - eval_started
 
-            stop_now = distributed.all_reduce_sum([float(stop.requested)], world)[0] > 0 or step == cfg.stop_at
+            # a signal on any rank stops every rank; the signal's number (summed with the count) sets the exit status
+            asked, signums = distributed.all_reduce_sum([float(stop.requested), float(stop.signum or 0)], world)
+            stop_now = asked > 0 or step == cfg.stop_at
             if step % cfg.save_every == 0 or step == last_step or stop_now:
                 save_started = time.perf_counter()
                 path = checkpoint(step)
                 paused_seconds += time.perf_counter() - save_started
                 if stop_now and step < last_step:
                     progress.close()
+                    message = f"stopped at step {step}; checkpoint {path}. Resume with the same command plus --resume"
                     if world.is_main:
                         log.close()
-                        print(f"stopped at step {step}; checkpoint {path}. Resume with the same command plus --resume",
-                              file=sys.stderr)
                     distributed.teardown()
+                    if asked > 0:  # a signal: the run did not finish, and its exit status says so
+                        raise Interrupted(round(signums / asked), message)
+                    if world.is_main:  # --stop-at: a stop asked for by design, exit status 0
+                        print(message, file=sys.stderr)
                     return last_eval
     progress.close()
     if world.is_main:

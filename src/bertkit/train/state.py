@@ -24,7 +24,7 @@ import signal
 import torch
 
 from bertkit.checkpoint import load_tensors, save_tensors
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, Interrupted
 from bertkit.files import atomic_write_json
 
 STATE_NAME = "trainer_state.json"
@@ -160,6 +160,7 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
+        self.signum: int | None = None  # which signal asked: the exit status is 128 + it
         self._previous = {}
 
     def __enter__(self):
@@ -169,8 +170,9 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
+            raise Interrupted(signum, "stopped at once by a second signal; the newest complete checkpoint is "
+                                      "kept. Resume with the same command plus --resume")
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
