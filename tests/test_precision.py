@@ -111,10 +111,14 @@ def test_threads_follow_the_cpus_this_process_may_use(monkeypatch):
     try:
         monkeypatch.setattr(device, "available_cpus", lambda: 8)
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         assert device.configure_threads() == 8 == torch.get_num_threads()
         monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 processes share this machine's 8 CPUs
         assert device.configure_threads() == 2
         assert device.configure_threads(3) == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's own setting stands, unless --threads is given
+        torch.set_num_threads(1)
+        assert device.configure_threads() == 1 and device.configure_threads(2) == 2
         with pytest.raises(BertkitError, match="--threads 0"):
             device.configure_threads(0)
     finally:

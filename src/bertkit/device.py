@@ -91,10 +91,13 @@ def available_cpus() -> int:
 
 
 def configure_threads(threads: int | None = None) -> int:
-    """Set torch's compute threads: `threads`, or the CPUs this process may run on. Returns the number."""
+    """Set torch's compute threads: `threads`, else OMP_NUM_THREADS where the user set it, else the CPUs this
+    process may run on (shared out between torchrun's processes on this machine). Returns the number."""
     available = available_cpus()
     if threads is not None and threads < 1:
         raise BertkitError(f"--threads {threads}: must be at least 1", hint=f"this process may use {available} CPUs")
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):  # the user's own setting stands
+        return torch.get_num_threads()
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # torchrun's processes on this machine
     n = threads or max(1, available // max(1, local_processes))
     if torch.get_num_threads() != n:
