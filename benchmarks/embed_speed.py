@@ -42,11 +42,10 @@ def sentences() -> tuple[list[str], str]:
 
 
 def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    with open("/proc/cpuinfo") as f:
-        name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    return f"{name}, {os.cpu_count()} cores"
+    from bertkit.device import default_device, machine_summary, resolve_precision
+
+    auto = resolve_precision("auto", default_device(), announce=False)
+    return f"{machine_summary()}; bertkit auto runs {auto.name} ({auto.reason})"
 
 
 def main() -> None:
@@ -69,8 +68,10 @@ def main() -> None:
 
     variants = {
         "sentence-transformers fp32": lambda: st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True),
+        "bertkit auto (the default)": lambda: embed(ours, tokenizer, texts, pooling="mean", normalize=True,
+                                                    batch_size=args.batch_size),
         "bertkit fp32": lambda: embed(ours, tokenizer, texts, pooling="mean", normalize=True,
-                                      batch_size=args.batch_size),
+                                      batch_size=args.batch_size, precision="fp32"),
         "bertkit bf16": lambda: embed(ours, tokenizer, texts, pooling="mean", normalize=True,
                                       batch_size=args.batch_size, precision="bf16"),
     }

@@ -42,11 +42,6 @@ from bertkit.train.finetune import FinetuneConfig, finetune  # noqa: E402
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "glue", "SST-2")
 
 
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-
-
 def run_bertkit(args, train_file: str, precision: str, seed: int, work: str) -> dict:
     cfg = FinetuneConfig(task="sst2", model=args.model, out=os.path.join(work, f"bertkit-{precision}-{seed}"),
                          train=train_file, dev=os.path.join(args.data, "dev.tsv"), epochs=1.0, lr=args.lr,
@@ -93,8 +88,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--variants", default="bertkit-bf16,trainer-default,trainer-best",
-                        help="any of bertkit-bf16, bertkit-fp32, trainer-default, trainer-best")
+    parser.add_argument("--variants", default="bertkit-auto,trainer-default,trainer-best",
+                        help="any of bertkit-auto (the default: bf16 where native, else fp32), bertkit-bf16, "
+                             "bertkit-fp32, trainer-default, trainer-best")
     parser.add_argument("--json", default="benchmarks/results/finetune_vs_trainer.json")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.data, "train.tsv")):
@@ -128,7 +124,10 @@ def main() -> None:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     base = stat("trainer-default", "samples_per_s")[0] if "trainer-default" in results else None
-    machine = f"{cpu_model()}, {os.cpu_count()} cores" if not torch.cuda.is_available() else torch.cuda.get_device_name()
+    from bertkit.device import default_device, machine_summary, resolve_precision
+
+    auto = resolve_precision("auto", default_device(), announce=False)
+    machine = f"{machine_summary()}; bertkit-auto runs {auto.name} ({auto.reason})"
     print(f"\nSST-2, {len(train_rows)} training sentences (1 epoch, {-(-len(train_rows) // args.batch_size)} steps), "
           f"dev {len(dev_rows)}; seeds {args.seeds}; {machine}; torch {torch.__version__}, "
           f"transformers {transformers.__version__}\n")

@@ -154,3 +154,15 @@ def test_top_level_api_is_lazy():
     assert proc.returncode == 0, proc.stderr
     proc = subprocess.run([sys.executable, "-c", "import bertkit; bertkit.Nope"], capture_output=True, text=True)
     assert "has no attribute 'Nope'" in proc.stderr
+
+
+def test_idle_openmp_threads_sleep_only_when_the_machine_is_busy(monkeypatch):
+    import bertkit.machine as machine
+
+    monkeypatch.setattr(machine, "busy_cpus", lambda samples=5: 0)
+    env = {}
+    assert machine.choose_wait_policy(env) is None and env == {}  # quiet: OpenMP's own (spinning) default
+    monkeypatch.setattr(machine, "busy_cpus", lambda samples=5: 2)
+    assert machine.choose_wait_policy(env) == "PASSIVE" and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}  # the user's choice stands
+    assert machine.choose_wait_policy(env) is None and env == {"OMP_WAIT_POLICY": "ACTIVE"}

@@ -654,10 +654,9 @@ def out_of_memory(error: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Idle OpenMP threads sleep instead of spinning (unless the user chose otherwise): spinning threads of
-    # two runs on the same cores took each other's time slices, a 60x slowdown (BENCHMARKS.md). Must be
-    # set before torch loads OpenMP.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from bertkit.machine import choose_wait_policy
+
+    choose_wait_policy()  # idle OpenMP threads sleep when other work runs on the CPUs: before torch loads
 
     import signal
 

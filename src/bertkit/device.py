@@ -10,9 +10,9 @@ elsewhere: bf16 on a GPU with bf16 tensor cores, and on a CPU whose oneDNN repor
 measured ~100x slower than fp32, so `auto` keeps fp32 there.
 
 Threads: as many compute threads as CPUs this process may run on (`os.sched_getaffinity`, which a
-container's or `taskset`'s CPU set shrinks), or `--threads N`. The `bertkit` command also makes idle
-OpenMP threads sleep rather than spin (OMP_WAIT_POLICY=PASSIVE, unless the user set it): with spinning
-threads, two runs sharing two cores slowed each other down ~60x instead of ~2x (BENCHMARKS.md).
+container's or `taskset`'s CPU set shrinks), or `--threads N`. How idle OpenMP threads wait is set by
+the `bertkit` command before torch loads (machine.py): spinning on a quiet machine, sleeping when other
+work already runs on the CPUs.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from bertkit.errors import BertkitError
+from bertkit.machine import available_cpus, busy_cpus
 
 PRECISIONS = ("auto", "fp32", "bf16")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -83,13 +84,6 @@ def machine_summary() -> str:
     return line
 
 
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
 def configure_threads(threads: int | None = None) -> int:
     """Set torch's compute threads: `threads`, else OMP_NUM_THREADS where the user set it, else the CPUs this
     process may run on (shared out between torchrun's processes on this machine). Returns the number."""
@@ -103,20 +97,6 @@ def configure_threads(threads: int | None = None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
-
-
-def busy_cpus(samples: int = 5) -> int:
-    """How many threads other than this one are running right now (the least of a few readings of
-    /proc/loadavg's runnable count, minus this process); 0 where it cannot be read."""
-    counts = []
-    for _ in range(samples):
-        try:
-            with open("/proc/loadavg", encoding="ascii") as f:
-                counts.append(int(f.read().split()[3].split("/")[0]))
-        except (OSError, ValueError, IndexError):
-            return 0
-        time.sleep(0.01)
-    return max(0, min(counts) - 1)
 
 
 def oversubscription_note(threads: int | None = None) -> str | None:
