@@ -113,7 +113,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     run_demo(args.out, corpus_files=args.corpus, steps=args.steps, precision=args.precision, seed=args.seed,
              corpus_bytes=args.corpus_bytes, model_config=args.model_config, lr=args.lr, seq_len=args.seq_len,
-             batch_size=args.batch_size, vocab_size=args.vocab_size, show_progress=not args.quiet, resume=args.resume)
+             batch_size=args.batch_size, vocab_size=args.vocab_size, show_progress=not args.quiet, resume=args.resume,
+             max_minutes=args.max_minutes)
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
@@ -451,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=positive_int, default=4000)
     p.add_argument("--corpus-bytes", type=positive_int, default=3_000_000,
                    help="cap on the built-in corpus (a smaller one runs faster)")
+    p.add_argument("--max-minutes", type=float, default=8.0,
+                   help="wall-clock cap on the pre-training, so the demo ends within 10 minutes on a slow CPU "
+                        "(it ends at the step where the time is spent, evaluated and saved)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted demo in --out (same options): its vocabulary and data are reused, "
                         "pre-training continues from its newest checkpoint")

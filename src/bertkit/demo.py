@@ -89,12 +89,12 @@ SETTINGS_FILE = "demo.json"  # the options a demo directory was made with: --res
 def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 2500, vocab_size: int = 4000,
              model_config: str = "tiny", seq_len: int = 128, batch_size: int = 32, lr: float = 2e-3,
              precision: str = "auto", seed: int = 0, corpus_bytes: int = 3_000_000,
-             show_progress: bool = True, resume: bool = False) -> dict:
+             show_progress: bool = True, resume: bool = False, max_minutes: float | None = 8.0) -> dict:
     """Run the demo into `out`; with `resume`, continue an interrupted one there (its vocabulary and data
     reused when complete, the pre-training from its newest checkpoint)."""
     settings = dict(corpus=[os.path.abspath(f) for f in corpus_files] if corpus_files else None, steps=steps,
                     vocab_size=vocab_size, model_config=model_config, seq_len=seq_len, batch_size=batch_size, lr=lr,
-                    precision=precision, seed=seed, corpus_bytes=corpus_bytes)
+                    precision=precision, seed=seed, corpus_bytes=corpus_bytes, max_minutes=max_minutes)
     if resume and os.path.isfile(os.path.join(out, SETTINGS_FILE)):
         _check_same_settings(out, settings)
     else:
@@ -104,7 +104,7 @@ def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 2500,
         os.makedirs(out, exist_ok=True)
         atomic_write_json(os.path.join(out, SETTINGS_FILE), settings)
     return _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch_size, lr, precision, seed,
-                     corpus_bytes, show_progress, resume)
+                     corpus_bytes, show_progress, resume, max_minutes)
 
 
 def _check_same_settings(out: str, settings: dict) -> None:
@@ -120,7 +120,7 @@ def _check_same_settings(out: str, settings: dict) -> None:
 
 
 def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch_size, lr, precision, seed,
-              corpus_bytes, show_progress, resume) -> dict:
+              corpus_bytes, show_progress, resume, max_minutes=None) -> dict:
     from bertkit.data.corpus import expand_inputs, train_tokenizer
     from bertkit.data.prepare import prepare
     from bertkit.model import BertForPreTraining
@@ -167,7 +167,7 @@ def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch
     cfg = PretrainConfig(data=[data_dir], out=os.path.join(out, "run"), model_config=model_config, steps=steps,
                          batch_size=batch_size, lr=lr, warmup=0.06, seq_len=seq_len, precision=precision, seed=seed,
                          log_every=25, eval_every=max(1, steps // 4), save_every=steps, eval_samples=512,
-                         show_progress=show_progress, resume=resume,
+                         show_progress=show_progress, resume=resume, max_minutes=max_minutes,
                          model_overrides=dict(max_position_embeddings=seq_len))
     untrained, _, _, validation = build(cfg)
     if validation is None:
@@ -184,8 +184,10 @@ def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch
     torch.manual_seed(seed)
     held_out = pretrain(cfg)  # SIGINT/SIGTERM: a checkpoint, then Interrupted (the CLI says how to --resume)
     model = BertForPreTraining.from_pretrained(os.path.join(cfg.out, "model"))
-    if held_out.get("step") != steps:  # resumed after the last step: this call trained and evaluated nothing
+    if not held_out:  # resumed after the last step: this call trained and evaluated nothing
         held_out = {"step": steps, **evaluate(model, validation, cfg, torch.device("cpu"))}
+    if held_out["step"] < steps:  # a slow machine: the time cap ended the pre-training early
+        print(f"\n(pre-training ended at step {held_out['step']} of {steps}: --max-minutes {max_minutes} was spent)")
 
     print("\n[4/4] held-out evaluation")
     mlm_floor, nsp_floor = baselines(validation, cfg.eval_samples)
