@@ -69,7 +69,7 @@ def run(data: str, root: str, name: str, copies: int, steps: int, env: dict, ext
     outs = [os.path.join(root, f"{name}-{copies}-{i}") for i in range(copies)]
     procs = [bertkit("pretrain", "--data", data, "--out", out, "--model-config", "tiny", "--precision", "fp32",
                      "--batch-size", 8, "--seq-len", 64, "--steps", steps, "--log-every", 10, "--eval-every", 10 ** 6,
-                     "--save-every", 10 ** 6, "--seed", i, "--quiet", *extra, env=env)
+                     "--save-every", 10 ** 6, "--seed", i, "--dropout", 0.1, "--quiet", *extra, env=env)  # as recorded runs
              for i, out in enumerate(outs)]
     for proc in procs:
         if proc.wait() != 0:
