@@ -75,7 +75,8 @@ def run(data: str, root: str, name: str, copies: int, steps: int, env: dict, ext
             time.sleep(stagger)  # the second run starts while the first is busy, as a user's second job does
         procs.append(bertkit("pretrain", "--data", data, "--out", out, "--model-config", "tiny", "--precision",
                              "fp32", "--batch-size", 8, "--seq-len", 64, "--steps", steps, "--log-every", 10,
-                             "--eval-every", 10 ** 6, "--save-every", 10 ** 6, "--seed", i, "--quiet", *extra, env=env))
+                             "--eval-every", 10 ** 6, "--save-every", 10 ** 6, "--seed", i,
+                             "--dropout", 0.1, "--quiet", *extra, env=env))  # dropout as in the recorded runs
     for proc in procs:
         if proc.wait() != 0:
             sys.exit(f"{name}: {proc.stderr.read()[-2000:]}")

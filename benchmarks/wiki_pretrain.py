@@ -140,7 +140,7 @@ def main() -> None:
                 "--batch-size", str(BATCH), "--seq-len", str(SEQ), "--precision", "bf16", "--lr", str(LR),
                 "--warmup", str(WARMUP), "--seed", str(SEED), "--max-minutes", str(args.minutes), "--log-every", "25",
                 "--eval-every", "250", "--eval-samples", "500", "--save-every", "100000", "--device", "cpu",
-                "--quiet")
+                "--dropout", "0.1", "--quiet")  # dropout as the transformers model's config (pretrain's default is 0)
     hf_model, hf_steps, hf_tps = train_hf(data, args.minutes, os.path.join(args.work, "hf-metrics.jsonl"))
 
     tokenizer = Tokenizer.from_pretrained(os.path.join(data, "tokenizer"))

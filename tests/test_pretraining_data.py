@@ -111,21 +111,23 @@ def test_mask_tokens_count_as_the_original(n_candidates, max_predictions, expect
     assert (labels != IGNORE_INDEX).sum() == expected
 
 
-def test_mask_tokens_statistics():
-    """15% of candidates chosen, split 80/10/10 (BERT paper, section 3.1), over 20k sequences of 128."""
+@pytest.mark.parametrize("mask_rate, n_sequences", [(0.15, 20_000), (0.3, 10_000)])
+def test_mask_tokens_statistics(mask_rate, n_sequences):
+    """15% of candidates chosen (or --mask-rate's share: 0.3 as Wettig et al., 2023), split 80/10/10 (BERT
+    paper, section 3.1) at either rate, over thousands of sequences of 128."""
     rng = np.random.default_rng(0)
     vocab_size, mask_id, cls_id, sep_id, pad_id = 1000, 4, 2, 3, 0
     is_special = np.zeros(vocab_size, bool)
     is_special[:5] = True
     random_ids = np.flatnonzero(~is_special)
     n_candidates = n_chosen = n_masked = n_random = n_kept = 0
-    for _ in range(20_000):
+    for _ in range(n_sequences):
         length = rng.integers(20, 129)
         ids = np.full(128, pad_id)
         ids[:length] = rng.integers(5, vocab_size, length)
         ids[0], ids[length // 2], ids[length - 1] = cls_id, sep_id, sep_id
         masked, labels = mask_tokens(ids, is_special[ids], rng, mask_id=mask_id, vocab_size=vocab_size,
-                                     random_token_ids=random_ids, max_predictions=128)
+                                     random_token_ids=random_ids, max_predictions=128, mask_prob=mask_rate)
         chosen = labels != IGNORE_INDEX
         assert not is_special[ids[chosen]].any()  # [CLS], [SEP] and padding never chosen
         assert not is_special[masked[chosen & (masked != mask_id)]].any()  # random ids are never special
@@ -134,7 +136,7 @@ def test_mask_tokens_statistics():
         n_masked += (masked[chosen] == mask_id).sum()
         n_kept += (masked[chosen] == ids[chosen]).sum()
         n_random += ((masked[chosen] != mask_id) & (masked[chosen] != ids[chosen])).sum()
-    assert abs(n_chosen / n_candidates - 0.15) < 0.005
+    assert abs(n_chosen / n_candidates - mask_rate) < 0.005
     assert abs(n_masked / n_chosen - 0.8) < 0.01
     assert abs(n_random / n_chosen - 0.1) < 0.01
     assert abs(n_kept / n_chosen - 0.1) < 0.01
@@ -480,3 +482,48 @@ def test_whole_word_masking_chooses_at_least_one_word():
         _, labels = mask_tokens(ids, special, rng, mask_id=4, vocab_size=100, random_token_ids=np.arange(5, 100),
                                 max_predictions=1, word_starts=word_starts)
         assert (labels != -100).tolist() == [False] * 6 + [True, True]  # the shortest word, whole
+
+
+@pytest.mark.parametrize("mask_rate", [0.15, 0.3])
+def test_dataset_mask_rate_and_only_chosen_positions_in_the_loss(big_prepared, mask_rate):
+    """--mask-rate through the dataset: about that share of the candidates chosen, at most round(rate x seq_len)
+    per sequence (the default max_predictions), 80/10/10 among them; and the model's MLM loss is the
+    cross-entropy over the chosen positions alone (computed here from the dense logits), not over the rest."""
+    from bertkit.config import preset
+    from bertkit.model import BertForPreTraining
+
+    tokenizer = Tokenizer.from_pretrained(os.path.join(big_prepared, "tokenizer"))
+    dataset = PretrainingDataset.from_tokenizer(PreparedCorpus(big_prepared), tokenizer, seq_len=64, seed=0,
+                                                mask_rate=mask_rate)
+    assert dataset.max_predictions == round(mask_rate * 64)
+    special = dataset.is_special
+    n_candidates = n_chosen = n_masked = n_random = n_kept = 0
+    for i in range(3000):
+        sample = dataset[i]
+        masked = sample["input_ids"]
+        chosen = sample["labels"] != IGNORE_INDEX
+        original = np.where(chosen, sample["labels"], masked)
+        assert 1 <= chosen.sum() <= round(mask_rate * 64) and not special[original[chosen]].any()
+        n_candidates += (~special[original]).sum()
+        n_chosen += chosen.sum()
+        n_masked += (masked[chosen] == tokenizer.mask_token_id).sum()
+        n_kept += (masked[chosen] == original[chosen]).sum()
+        n_random += ((masked[chosen] != tokenizer.mask_token_id) & (masked[chosen] != original[chosen])).sum()
+    # the chosen count is round(rate x candidates) per sequence: short sequences (10% of pairs) round it off
+    assert abs(n_chosen / n_candidates - mask_rate) < 0.02, n_chosen / n_candidates
+    assert abs(n_masked / n_chosen - 0.8) < 0.02
+    assert abs(n_random / n_chosen - 0.1) < 0.015  # a random id may be the original one (1 in ~150): counted kept
+    assert abs(n_kept / n_chosen - 0.1) < 0.015
+
+    torch.manual_seed(0)
+    model = BertForPreTraining(preset("tiny", vocab_size=tokenizer.vocab_size, max_position_embeddings=64)).eval()
+    batch = collate([dataset[i] for i in range(16)], dataset.pad_id)
+    with torch.no_grad():
+        out = model(**batch)
+        dense = model(**{k: v for k, v in batch.items() if k not in ("labels", "next_sentence_label")})
+    labels = batch["labels"]
+    chosen = labels != IGNORE_INDEX
+    log_probs = torch.log_softmax(dense.mlm_logits.float(), dim=-1)  # (B, T, V)
+    expected = -log_probs[chosen].gather(1, labels[chosen][:, None]).mean()
+    assert out.mlm_targets.numel() == int(chosen.sum())
+    torch.testing.assert_close(out.mlm_loss, expected, rtol=1e-5, atol=1e-6)

@@ -97,9 +97,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     cfg = PretrainConfig(
         data=args.data, out=args.out, model_config=args.model_config, init=args.init, steps=args.steps,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
+        budget=args.budget, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
         weight_decay=args.weight_decay, seq_len=args.seq_len, objective=args.objective, masking=args.masking,
-        max_predictions=args.max_predictions, precision=args.precision, seed=args.seed, log_every=args.log_every,
+        mask_rate=args.mask_rate, max_predictions=args.max_predictions, precision=args.precision, seed=args.seed, log_every=args.log_every,
         eval_every=args.eval_every, eval_samples=args.eval_samples, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, compile=args.compile, device=args.device,
         tensorboard=args.tensorboard,
@@ -407,7 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory: metrics.jsonl, checkpoints/, model/")
     p.add_argument("--model-config", default="mini", help="preset (tiny mini small medium base large) or config.json")
     p.add_argument("--init", help="start from this model directory (e.g. phase 2 at --seq-len 512)")
-    p.add_argument("--steps", type=positive_int, default=1000)
+    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: 1000)")
+    p.add_argument("--budget", default=None,
+                   help="wall-clock budget instead of --steps, e.g. 90s, 30m, 2h, 1h30m, 1d: a few timed steps plan "
+                        "the number of steps so that the learning rate decays to 0 when the budget ends; the plan is "
+                        "recorded (run.json, checkpoints) and --resume follows it")
     p.add_argument("--batch-size", type=positive_int, default=32, help="per process and micro-batch")
     p.add_argument("--grad-accum", type=positive_int, default=1)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -416,7 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=positive_int, default=128)
     p.add_argument("--objective", choices=["nsp", "none"], default="nsp")
     p.add_argument("--masking", choices=["token", "whole-word"], default="token")
-    p.add_argument("--max-predictions", type=positive_int, default=None)
+    p.add_argument("--mask-rate", type=float, default=0.15,
+                   help="share of the tokens to predict (each shown as [MASK] 80%% of the time, as a random token "
+                        "10%%, unchanged 10%%): 0.15 as the BERT paper, 0.3 as Wettig et al. (2023) and MosaicBERT")
+    p.add_argument("--max-predictions", type=positive_int, default=None,
+                   help="most predicted tokens per sequence (default: --mask-rate x --seq-len, rounded)")
     add_compute_options(p)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--log-every", type=positive_int, default=10)
@@ -428,9 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout probabilities")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout probability while pre-training (default: 0, off, as Cramming; 0.1 is the paper's); "
+                        "the saved config.json keeps the model config's own values for fine-tuning")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="wall-clock budget: evaluate and save the final model when it is spent")
+                   help="a time limit: evaluate and save the final model when it is spent (the schedule is not "
+                        "re-planned; --budget plans it)")
     p.add_argument("--stop-at", type=positive_int, default=None,
                    help="save a checkpoint and stop after this step (continue later with --resume)")
     p.add_argument("--quiet", action="store_true")

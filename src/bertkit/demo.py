@@ -168,6 +168,7 @@ def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch
                          batch_size=batch_size, lr=lr, warmup=0.06, seq_len=seq_len, precision=precision, seed=seed,
                          log_every=25, eval_every=max(1, steps // 4), save_every=steps, eval_samples=512,
                          show_progress=show_progress, resume=resume, max_minutes=max_minutes,
+                         dropout=None,  # the config's 0.1, as the demo's numbers in README.md were measured
                          model_overrides=dict(max_position_embeddings=seq_len))
     untrained, _, _, validation = build(cfg)
     if validation is None:

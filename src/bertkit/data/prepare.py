@@ -37,6 +37,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 
 import numpy as np
 from tqdm import tqdm
@@ -129,6 +130,11 @@ _tokenizer: Tokenizer | None = None  # the tokenizer _encode uses: the parent's,
 
 def _init_worker(tokenizer_dir: str) -> None:
     global _tokenizer
+    # A forked worker inherits the CLI's SIGTERM handler, which raises Interrupted: the pool's terminate() then
+    # made workers die with tracebacks on stderr, or in the middle of holding the result queue's lock, which
+    # hung the pool. Workers end as the default says; Ctrl-C is the parent's to handle.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The parent already runs one process per worker; threads inside each would only oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _tokenizer = Tokenizer.from_pretrained(tokenizer_dir)

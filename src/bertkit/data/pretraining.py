@@ -8,7 +8,7 @@ new masks at no disk cost, and a resumed run sees exactly the samples it would h
   PreparedCorpus        one or more `bertkit prepare` directories, memory-mapped, as one corpus
   make_nsp_instances    [CLS] A [SEP] B [SEP] pairs as token ranges (create_instances_from_document)
   make_packed_instances contiguous windows across documents, for --objective none (as RoBERTa)
-  mask_tokens           choose 15% of the tokens; 80% [MASK], 10% random, 10% unchanged
+  mask_tokens           choose 15% of the tokens (or mask_rate); 80% [MASK], 10% random, 10% unchanged
   PretrainingDataset    a torch Dataset of unpadded samples; `collate` pads a batch
 
 Instances are (N, 5) or (N, 2) int64 arrays of global token offsets, small enough to rebuild each
@@ -29,7 +29,7 @@ from bertkit.data.prepare import load_manifest
 from bertkit.errors import BertkitError
 from bertkit.model import IGNORE_INDEX
 
-MASK_PROB = 0.15  # share of tokens the model predicts (BERT paper, section 3.1)
+MASK_PROB = 0.15  # share of tokens the model predicts (BERT paper, section 3.1); `pretrain --mask-rate` changes it
 NSP_RANDOM_PROB = 0.5  # share of pairs whose B is a random sentence run (section 3.1, "Task #2")
 
 
@@ -278,11 +278,14 @@ class PretrainingDataset(torch.utils.data.Dataset):
 
     def __init__(self, corpus: PreparedCorpus, *, cls_id: int, sep_id: int, pad_id: int, mask_id: int,
                  special_ids, vocab_size: int, continuation_mask: np.ndarray, seq_len: int,
-                 objective: str = "nsp", masking: str = "token", max_predictions: int | None = None, seed: int = 0):
+                 objective: str = "nsp", masking: str = "token", mask_rate: float = MASK_PROB,
+                 max_predictions: int | None = None, seed: int = 0):
         if objective not in ("nsp", "none"):
             raise BertkitError(f"unknown objective {objective!r}", hint="use nsp or none")
         if masking not in ("token", "whole-word"):
             raise BertkitError(f"unknown masking {masking!r}", hint="use token or whole-word")
+        if not 0.0 < mask_rate < 1.0:
+            raise BertkitError(f"mask rate {mask_rate}: must be between 0 and 1 (exclusive)", hint="e.g. 0.15 or 0.3")
         if vocab_size != corpus.vocab_size:
             raise BertkitError(f"the tokenizer has {vocab_size} tokens but {corpus.dirs[0]} was prepared "
                                f"with {corpus.vocab_size}", hint="use the tokenizer saved in the prepared directory")
@@ -293,7 +296,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
         self.is_special[list(special_ids)] = True
         self.random_token_ids = np.flatnonzero(~self.is_special)
         self.word_start = ~np.asarray(continuation_mask, bool)  # (V,)
-        self.max_predictions = max_predictions or round(MASK_PROB * seq_len)
+        self.mask_rate = mask_rate
+        self.max_predictions = max_predictions or max(1, round(mask_rate * seq_len))
         self.epoch = None
         self.set_epoch(0)
 
@@ -334,7 +338,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
         word_starts = self.word_start[input_ids] if self.masking == "whole-word" else None
         input_ids, labels = mask_tokens(
             input_ids, self.is_special[input_ids], rng, mask_id=self.mask_id, vocab_size=self.vocab_size,
-            random_token_ids=self.random_token_ids, max_predictions=self.max_predictions, word_starts=word_starts)
+            random_token_ids=self.random_token_ids, max_predictions=self.max_predictions, mask_prob=self.mask_rate,
+            word_starts=word_starts)
         sample = {"input_ids": input_ids, "token_type_ids": token_type_ids, "labels": labels}
         if self.objective == "nsp":
             sample["next_sentence_label"] = np.int64(row[4])

@@ -8,6 +8,9 @@ Determinism, which makes resume exact and the rank layout irrelevant: the sample
 permutation seeded by (seed, epoch); micro-batch j of step s takes the j-th slice of the step's samples,
 rank r takes micro-batches j = a * world + r; dropout is seeded by (seed, step, j). One process with
 accumulation 2 and two processes with accumulation 1 therefore see the same samples and the same dropout.
+
+The learning-rate schedule is planned once: for --steps, or for a --budget from a few timed steps whose
+effect on the weights is undone (measure_budget); checkpoints record the plan and a resumed run follows it.
 """
 
 from __future__ import annotations
@@ -24,14 +27,20 @@ import numpy as np
 import torch
 
 from bertkit.config import BertConfig, preset
+from bertkit.data.pretraining import MASK_PROB as MASK_RATE
 from bertkit.device import PRECISIONS, Precision, oversubscription_note, resolve_precision, to_device
 from bertkit.errors import BertkitError, Interrupted
 from bertkit.files import atomic_write_json, check_output_dir
 from bertkit.model import BertForPreTraining
 from bertkit.train import distributed
 from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
+from bertkit.train.budget import (SECONDS_PER_STEP_ENV, Measurement, format_duration, measurement_override,
+                                  parse_duration, plan_steps)
 from bertkit.train.optim import build_optimizer, set_lr, warmup_linear
 from bertkit.train.state import StopRequest, complete_checkpoints, load_checkpoint, save_checkpoint
+
+
+DEFAULT_STEPS = 1000  # without --steps or --budget
 
 
 @dataclass
@@ -40,7 +49,8 @@ class PretrainConfig:
     out: str
     model_config: str = "mini"  # a preset name or a config.json path
     init: str | None = None  # a model directory to continue from (phase 2 at a longer --seq-len)
-    steps: int = 1000
+    steps: int | None = None  # DEFAULT_STEPS, unless a --budget plans them
+    budget: str | None = None  # a wall-clock budget such as "30m": the steps are planned for it (budget.py)
     batch_size: int = 32  # per process and micro-batch
     grad_accum: int = 1
     lr: float = 1e-4  # the paper's peak learning rate for BERT-base
@@ -50,7 +60,8 @@ class PretrainConfig:
     seq_len: int = 128
     objective: str = "nsp"
     masking: str = "token"
-    max_predictions: int | None = None  # default round(0.15 * seq_len)
+    mask_rate: float = MASK_RATE  # share of tokens the model predicts; 0.3 as Wettig et al. (2023), MosaicBERT
+    max_predictions: int | None = None  # default round(mask_rate * seq_len)
     precision: str = "auto"  # bf16 where the hardware runs it natively, else fp32 (device.py)
     seed: int = 0
     log_every: int = 10
@@ -65,7 +76,10 @@ class PretrainConfig:
     max_minutes: float | None = None  # a wall-clock budget: finish (evaluate, save) when it is spent
     stop_at: int | None = None  # save and stop after this step, as if interrupted (resume with --resume)
     max_bad_steps: int = 10  # stop after this many consecutive non-finite steps
-    dropout: float | None = None  # override the config's dropout probabilities
+    # Dropout while pre-training: off, as in Cramming (Geiping and Goldstein, 2022): a run that sees its data
+    # about once has little to overfit. None keeps the model config's probabilities. The saved config.json
+    # keeps the config's own values (0.1 for the presets) either way, for fine-tuning.
+    dropout: float | None = 0.0
     show_progress: bool = True
     model_overrides: dict = field(default_factory=dict)
 
@@ -89,8 +103,18 @@ def build(cfg: PretrainConfig, world_size: int = 1):
         if choice not in allowed:
             raise BertkitError(f"{choice!r} is not one of {', '.join(allowed)}", hint="see bertkit pretrain --help")
     for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "save_every"):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise BertkitError(f"--{name.replace('_', '-')} must be at least 1", hint="pass a positive number")
+    if cfg.budget is not None:
+        parse_duration(cfg.budget)
+        if cfg.steps is not None:
+            raise BertkitError(f"--budget {cfg.budget} and --steps {cfg.steps} both set the length of the run",
+                               hint="pass one of them: --budget plans the steps from this machine's measured speed")
+    if not 0.0 < cfg.mask_rate < 1.0:
+        raise BertkitError(f"--mask-rate {cfg.mask_rate}: must be between 0 and 1 (exclusive)",
+                           hint="e.g. 0.15 (the BERT paper) or 0.3 (Wettig et al., 2023)")
+    if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
+        raise BertkitError(f"--dropout {cfg.dropout}: must be in [0, 1)", hint="e.g. --dropout 0.1, or 0 for none")
     check_output_dir(cfg.out, hint="pass --resume to continue that run, or choose a new --out", reuse=cfg.resume)
     for d in cfg.data:
         load_manifest(d)
@@ -112,9 +136,7 @@ def build(cfg: PretrainConfig, world_size: int = 1):
                                      **cfg.model_overrides)
         torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed fixes
         model = BertForPreTraining(config)
-    if cfg.dropout is not None:
-        if not 0.0 <= cfg.dropout < 1.0:
-            raise BertkitError(f"--dropout {cfg.dropout}: must be in [0, 1)", hint="e.g. --dropout 0.1, or 0 for none")
+    if cfg.dropout is not None:  # the modules only: model.config, which is saved, keeps its own values
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = cfg.dropout
@@ -123,7 +145,7 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     if cfg.seq_len > model.config.max_position_embeddings:
         raise BertkitError(f"--seq-len {cfg.seq_len} is longer than the model's {model.config.max_position_embeddings} "
                            "positions", hint="lower --seq-len, or use a config with more max_position_embeddings")
-    common = dict(seq_len=cfg.seq_len, objective=cfg.objective, masking=cfg.masking,
+    common = dict(seq_len=cfg.seq_len, objective=cfg.objective, masking=cfg.masking, mask_rate=cfg.mask_rate,
                   max_predictions=cfg.max_predictions, seed=cfg.seed)
     train = PretrainingDataset.from_tokenizer(PreparedCorpus(cfg.data, "train"), tokenizer, **common)
     train.set_epoch(0)
@@ -207,7 +229,11 @@ def _summarize(t: dict) -> dict:
 
 
 # What fixes the sample stream: a resumed run must agree on these, or it would silently see other samples.
-STREAM_FIELDS = ("seed", "batch_size", "grad_accum", "seq_len", "objective", "masking", "max_predictions")
+# (dropout draws from a stream of its own, seeded per step, and a changed probability changes the run as much.)
+STREAM_FIELDS = ("seed", "batch_size", "grad_accum", "seq_len", "objective", "masking", "mask_rate", "max_predictions",
+                 "dropout")
+# What a checkpoint written before a field existed was trained with; None: unknown, not compared.
+STREAM_BEFORE = {"mask_rate": MASK_RATE, "dropout": None}
 
 
 def stream_signature(cfg: PretrainConfig, world: distributed.World) -> dict:
@@ -220,29 +246,54 @@ def check_resume(state: dict, cfg: PretrainConfig, world: distributed.World, pat
     if saved is None:
         return
     now = stream_signature(cfg, world)
-    changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k]]
+    changed = [f"{k} {saved.get(k, STREAM_BEFORE.get(k))!r} -> {now[k]!r}" for k in now
+               if (k in saved or STREAM_BEFORE.get(k) is not None) and saved.get(k, STREAM_BEFORE.get(k)) != now[k]]
     if changed:
         raise BertkitError(f"--resume {path}: the run was started with other settings ({'; '.join(changed)})",
                            hint="resume with the original settings, or start a new --out")
 
 
-# What fixes the learning-rate schedule (warmup, then linear decay to 0 at --steps): a resumed run keeps it.
-PLAN_FIELDS = ("steps", "lr", "warmup")
+# What fixes the learning-rate schedule (warmup, then linear decay to 0 at the planned last step): a resumed run
+# keeps it. The plan a checkpoint records: {"steps", "lr", "warmup", "budget", "measured"}; under --budget,
+# "steps" was planned from "measured" (budget.Measurement) and a resumed run takes it from there.
+PLAN_FIELDS = ("lr", "warmup")
 
 
-def check_plan(state: dict, cfg: PretrainConfig, path: str) -> None:
-    """A resumed run must keep the schedule it started with: a changed --steps would jump the learning rate
+def _length_option(steps, budget) -> str:
+    return f"--budget {budget}" if budget is not None else f"--steps {steps}"
+
+
+def check_plan(state: dict, cfg: PretrainConfig, path: str) -> dict | None:
+    """The plan a checkpoint records, if the command asks for the same one; else an error naming what changed.
+
+    A resumed run must keep the schedule it started with: a changed --steps would jump the learning rate
     (a run that had decayed to ~0 would restart near its peak). Training on past the end is a new run from
-    the model (--init), with a schedule of its own."""
+    the model (--init), with a schedule of its own. A run planned for a --budget resumes with the same
+    --budget and follows the recorded number of steps, whatever the machine's speed now."""
     saved = state.get("plan")
     if saved is None:
-        return
-    changed = [f"--{k} {saved[k]} (now {getattr(cfg, k)})" for k in PLAN_FIELDS if saved.get(k) != getattr(cfg, k)]
+        if cfg.budget is not None:
+            raise BertkitError(f"--resume {path}: the checkpoint records no plan to follow for --budget {cfg.budget}",
+                               hint="resume with the run's original --steps")
+        return None
+    changed, original = [], []
+    saved_budget = saved.get("budget")
+    same_length = (saved_budget is None and cfg.budget is None and saved["steps"] == cfg.steps) or (
+        saved_budget is not None and cfg.budget is not None and parse_duration(saved_budget) == parse_duration(cfg.budget))
+    if not same_length:
+        was, now = _length_option(saved["steps"], saved_budget), _length_option(cfg.steps, cfg.budget)
+        same_option = was.split()[0] == now.split()[0]
+        changed.append(f"{was} (now {now.split()[1] if same_option else now})")
+        original.append(was)
+    for k in PLAN_FIELDS:
+        if saved.get(k) != getattr(cfg, k):
+            changed.append(f"--{k} {saved[k]} (now {getattr(cfg, k)})")
+            original.append(f"--{k} {saved[k]}")
     if changed:
-        original = " ".join(f"--{k} {saved[k]}" for k in PLAN_FIELDS if saved.get(k) != getattr(cfg, k))
         raise BertkitError(f"--resume {path}: the run's learning-rate schedule was planned with {', '.join(changed)}",
-                           hint=f"resume with {original}; to train on past the planned end, start a new --out with "
-                                f"--init {os.path.join(cfg.out, 'model')} once this run has finished")
+                           hint=f"resume with {' '.join(original)}; to train on past the planned end, start a new --out "
+                                f"with --init {os.path.join(cfg.out, 'model')} once this run has finished")
+    return saved
 
 
 def check_same_model(path: str, config: BertConfig, cfg: PretrainConfig) -> None:
@@ -257,16 +308,100 @@ def check_same_model(path: str, config: BertConfig, cfg: PretrainConfig) -> None
                            hint="resume with the original --model-config, or start a new --out")
 
 
+# --budget: a few real steps are timed before the run starts (budget.py says why the plan is made once)
+MEASURE_WARMUP_STEPS = 2  # not timed: the first steps allocate the optimizer's state (and compile, with --compile)
+MEASURE_STEPS = (3, 10)  # timed: at least 3, at most 10, and no more once 2% of the budget is gone
+
+
+def measure_budget(cfg: PretrainConfig, world: distributed.World, model, tokenizer, optimizer, train_step, validation,
+                   precision: Precision, n_train: int, started: float):
+    """Time real training steps, one held-out evaluation and one checkpoint save; then put the weights back
+    and return a fresh optimizer with the measurement. The measurement leaves no trace: the run that follows
+    is the one `--steps N` would give for the planned N. Every rank takes part (a DDP step is collective)."""
+    override = measurement_override()  # a bad value fails before any step
+    budget = parse_duration(cfg.budget)
+    samples_per_step = cfg.batch_size * cfg.grad_accum * world.world_size
+    initial = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
+    model.train()
+    set_lr(optimizer, cfg.lr)
+    scratch = dict(mlm_loss=0.0, mlm_correct=0, mlm_count=0, nsp_loss=0.0, nsp_correct=0, nsp_count=0)
+    times, offset = [], 0
+    while True:
+        tick = time.perf_counter()
+        grad_norm, _ = train_step(len(times), offset, scratch)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if world.device.type == "cuda":
+            torch.cuda.synchronize(world.device)
+        times.append(time.perf_counter() - tick)
+        offset = offset + samples_per_step if offset + 2 * samples_per_step <= n_train else 0
+        timed, spent = len(times) - MEASURE_WARMUP_STEPS, time.perf_counter() - started
+        enough = timed >= MEASURE_STEPS[1] or (timed >= MEASURE_STEPS[0] and spent > 0.02 * budget) or spent > budget
+        if distributed.all_reduce_sum([float(enough)], world)[0] > 0:
+            break
+    timed_times = times[MEASURE_WARMUP_STEPS:] or times[-1:]  # the budget ran out while warming up: the last one
+    evaluation = checkpoint = 0.0
+    if world.is_main:
+        if validation is not None:
+            tick = time.perf_counter()
+            evaluate(model, validation, cfg, world.device, precision)
+            evaluation = time.perf_counter() - tick
+        scratch_dir = os.path.join(cfg.out, ".budget-measurement")
+        os.makedirs(cfg.out, exist_ok=True)
+        try:
+            tick = time.perf_counter()
+            save_checkpoint(scratch_dir, 0, model, tokenizer, optimizer, {}, keep=1)  # the optimizer's full state
+            checkpoint = time.perf_counter() - tick
+        finally:
+            shutil.rmtree(scratch_dir, ignore_errors=True)
+    model.load_state_dict(initial)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    step_s, spent, evaluation, checkpoint = distributed.all_reduce_sum(
+        [sum(timed_times) / len(timed_times), time.perf_counter() - started, evaluation, checkpoint], world)
+    measured = Measurement(step=step_s / world.world_size, evaluation=evaluation, checkpoint=checkpoint,
+                           spent=spent / world.world_size, timed_steps=len(timed_times))
+    if override is not None:
+        measured = Measurement(step=override, evaluation=0.0, checkpoint=0.0, spent=0.0, timed_steps=len(timed_times),
+                               overridden=True)
+    return measured, optimizer
+
+
+def budget_plan(cfg: PretrainConfig, m: Measurement, has_validation: bool) -> dict:
+    """The plan a --budget run follows and records: the number of steps that fit, with what it came from."""
+    budget = parse_duration(cfg.budget)
+    steps = plan_steps(budget, m, cfg.eval_every, cfg.save_every, has_validation)
+    if steps < 1:
+        took = (f"one step takes {m.step:.3g} s ({SECONDS_PER_STEP_ENV})" if m.overridden else
+                f"one step took {m.step:.3g} s here, and building the run and measuring it {m.spent:.3g} s")
+        needed = m.spent + m.step + (m.evaluation if has_validation else 0.0) + 2 * m.checkpoint
+        raise BertkitError(f"--budget {cfg.budget} is too short for one step: {took}",
+                           hint=f"give a --budget longer than {format_duration(needed)}, or use --steps")
+    return {"steps": steps, "lr": cfg.lr, "warmup": cfg.warmup, "budget": cfg.budget, "measured": dataclasses.asdict(m)}
+
+
+def plan_message(cfg: PretrainConfig, plan: dict) -> str:
+    m, steps = plan["measured"], plan["steps"]
+    source = (f"{m['step']:.3g} s/step ({SECONDS_PER_STEP_ENV})" if m["overridden"] else
+              f"{m['step']:.3g} s/step measured over {m['timed_steps']} steps")
+    return (f"--budget {cfg.budget}: {source} -> {steps:,} steps, lr decays to 0 at step {steps:,} (held-out "
+            f"evaluation {m['evaluation']:.3g} s every {cfg.eval_every} steps, checkpoint {m['checkpoint']:.3g} s every "
+            f"{cfg.save_every}, {format_duration(m['spent'])} spent building the run and measuring it)")
+
+
 def pretrain(cfg: PretrainConfig) -> dict:
     """Run (or resume) pre-training; returns the last evaluation metrics."""
     from tqdm.auto import tqdm
 
     from bertkit.data.pretraining import collate
 
+    started = time.perf_counter()  # a --budget counts from here: building the run is part of it
     if cfg.tensorboard:
         require_tensorboard()
     world = distributed.setup(cfg.device)
     model, tokenizer, train_set, validation = build(cfg, world.world_size)
+    if cfg.steps is None and cfg.budget is None:
+        cfg = dataclasses.replace(cfg, steps=DEFAULT_STEPS)
     precision = resolve_precision(cfg.precision, world.device, announce=False)  # said once the run starts
     distributed.barrier(world)  # every rank has validated --out before rank 0 writes into it
     if validation is None and world.is_main:
@@ -276,39 +411,76 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if cfg.compile:
         wrapped = torch.compile(wrapped, dynamic=True)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
-    step, epoch, offset, bad_steps_total = 0, 0, 0, 0
+    step, epoch, offset, bad_steps_total, elapsed_before = 0, 0, 0, 0, 0.0
+    plan = None
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
     checkpoints = complete_checkpoints(cfg.out) if cfg.resume else []
     if checkpoints:
         check_same_model(checkpoints[-1], model.config, cfg)
         state = load_checkpoint(checkpoints[-1], model, optimizer)
         check_resume(state, cfg, world, checkpoints[-1])
-        check_plan(state, cfg, checkpoints[-1])
+        plan = check_plan(state, cfg, checkpoints[-1])
         step, epoch, offset = state["step"], state["epoch"], state["offset"]
         bad_steps_total = state.get("skipped_steps", 0)
+        elapsed_before = state.get("elapsed_s", 0.0)  # a --budget spans every session of the run
         if world.is_main:
             print(f"resuming from {checkpoints[-1]} (step {step})", file=sys.stderr)
             truncate_metrics(metrics_path, step)
     elif cfg.resume and world.is_main:
         print(f"--resume: no complete checkpoint in {cfg.out}; starting from step 0", file=sys.stderr)
         truncate_metrics(metrics_path, 0)
-    if world.is_main:
-        os.makedirs(cfg.out, exist_ok=True)
-        atomic_write_json(os.path.join(cfg.out, "run.json"), {
-            **dataclasses.asdict(cfg), "precision_used": precision.name, "precision_reason": precision.reason,
-            "threads": torch.get_num_threads(), "device_used": str(world.device)})
-    log = MetricsLog(cfg.out, cfg.tensorboard, step) if world.is_main else None
     samples_per_step = cfg.batch_size * cfg.grad_accum * world.world_size
     train_set.set_epoch(epoch)
     order = epoch_order(len(train_set), cfg.seed, epoch)
-    warmup_steps = max(1, round(cfg.warmup * cfg.steps))
     autocast = precision.autocast(world.device)
+
+    def train_step(at_step: int, at_offset: int, window: dict) -> tuple[torch.Tensor, int]:
+        """Forward and backward over this rank's micro-batches of one step, then clip; returns the gradient
+        norm and the tokens seen. The caller steps the optimizer (or not, if the norm is not finite)."""
+        tokens = 0
+        for is_last, j, indices in micro_batches(order, at_offset, cfg, world):
+            batch = to_device(collate([train_set[int(i)] for i in indices], train_set.pad_id), world.device)
+            torch.manual_seed(cfg.seed * 1_000_003 + at_step * 1009 + j)  # dropout, independent of rank layout
+            # DDP all-reduces gradients on the last micro-batch only
+            skip_sync = world.distributed and not is_last and hasattr(wrapped, "no_sync")
+            with wrapped.no_sync() if skip_sync else contextlib.nullcontext():
+                with autocast:
+                    out = wrapped(**batch)
+                (out.loss / cfg.grad_accum).backward()
+            _accumulate(window, out, batch)
+            tokens += int(batch["attention_mask"].sum())
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm), tokens
+
+    if plan is None and cfg.budget is not None:  # a fresh run under --budget: measure, then plan
+        measured, optimizer = measure_budget(cfg, world, model, tokenizer, optimizer, train_step, validation,
+                                             precision, len(train_set), started)
+        plan = budget_plan(cfg, measured, validation is not None)
+        if world.is_main:
+            print(plan_message(cfg, plan), file=sys.stderr)
+    if plan is None:
+        plan = {"steps": cfg.steps, "lr": cfg.lr, "warmup": cfg.warmup, "budget": None, "measured": None}
+    total_steps = plan["steps"]
+    if world.is_main:
+        os.makedirs(cfg.out, exist_ok=True)
+        atomic_write_json(os.path.join(cfg.out, "run.json"), {
+            **dataclasses.asdict(cfg), "planned_steps": total_steps, "plan": plan, "precision_used": precision.name,
+            "precision_reason": precision.reason, "threads": torch.get_num_threads(), "device_used": str(world.device)})
+    log = MetricsLog(cfg.out, cfg.tensorboard, step) if world.is_main else None
+    warmup_steps = max(1, round(cfg.warmup * total_steps))
+    # --budget's wall-clock guard: on a machine slower than measured, stop when the budget is spent, leaving
+    # time for the last evaluation and saves (the schedule then ends before its decay reaches 0)
+    budget_deadline = None
+    if cfg.budget is not None:
+        m = plan["measured"]
+        budget_deadline = parse_duration(cfg.budget) - (0.0 if m["overridden"] else m["evaluation"] + 2 * m["checkpoint"])
+    started -= elapsed_before
     window = dict(mlm_loss=0.0, mlm_correct=0, mlm_count=0, nsp_loss=0.0, nsp_correct=0, nsp_count=0)
     window_tokens, window_norm, window_good_steps, window_start = 0, 0.0, 0, time.perf_counter()
     paused_seconds = 0.0  # evaluation and checkpoint time in the logging window: not training
+    session_started = time.perf_counter()
     consecutive_bad = 0
     last_eval: dict = {}
-    progress = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step",
+    progress = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step",
                     disable=not (cfg.show_progress and world.is_main), dynamic_ncols=True)
 
     def checkpoint(at_step: int) -> str | None:
@@ -316,8 +488,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         if world.is_main:
             path = save_checkpoint(cfg.out, at_step, model, tokenizer, optimizer,
                                    {"epoch": epoch, "offset": offset, "skipped_steps": bad_steps_total,
-                                    "stream": stream_signature(cfg, world),
-                                    "plan": {k: getattr(cfg, k) for k in PLAN_FIELDS}}, keep=cfg.keep_checkpoints)
+                                    "stream": stream_signature(cfg, world), "plan": plan,
+                                    "elapsed_s": time.perf_counter() - started}, keep=cfg.keep_checkpoints)
         distributed.barrier(world)
         return path
 
@@ -326,24 +498,13 @@ def pretrain(cfg: PretrainConfig) -> dict:
         if world.device.type == "cpu" and (note := oversubscription_note()):
             print(note, file=sys.stderr)
     model.train()
-    started = time.perf_counter()
-    last_step = cfg.steps
+    last_step = total_steps
     with StopRequest() as stop:
         while step < last_step:
-            lr = cfg.lr * warmup_linear(step, warmup_steps, cfg.steps)
+            lr = cfg.lr * warmup_linear(step, warmup_steps, total_steps)
             set_lr(optimizer, lr)
-            for is_last, j, indices in micro_batches(order, offset, cfg, world):
-                batch = to_device(collate([train_set[int(i)] for i in indices], train_set.pad_id), world.device)
-                torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + j)  # dropout, independent of rank layout
-                # DDP all-reduces gradients on the last micro-batch only
-                skip_sync = world.distributed and not is_last and hasattr(wrapped, "no_sync")
-                with wrapped.no_sync() if skip_sync else contextlib.nullcontext():
-                    with autocast:
-                        out = wrapped(**batch)
-                    (out.loss / cfg.grad_accum).backward()
-                _accumulate(window, out, batch)
-                window_tokens += int(batch["attention_mask"].sum())
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            grad_norm, tokens = train_step(step, offset, window)
+            window_tokens += tokens
             if torch.isfinite(grad_norm):
                 optimizer.step()
                 consecutive_bad = 0
@@ -367,11 +528,17 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 train_set.set_epoch(epoch)
                 order = epoch_order(len(train_set), cfg.seed, epoch)
             progress.update(1)
-            if cfg.max_minutes is not None and step < last_step:
-                out_of_time = time.perf_counter() - started > 60 * cfg.max_minutes
-                if distributed.all_reduce_sum([float(out_of_time)], world)[0] > 0:
-                    last_step = step  # the budget is spent: this step is the last one
-                    progress.write(f"--max-minutes {cfg.max_minutes}: time is up after step {step}")
+            if (cfg.max_minutes is not None or budget_deadline is not None) and step < last_step:
+                now = time.perf_counter()
+                out_of_minutes = cfg.max_minutes is not None and now - session_started > 60 * cfg.max_minutes
+                out_of_budget = budget_deadline is not None and now - started > budget_deadline
+                minutes, budget = distributed.all_reduce_sum([float(out_of_minutes), float(out_of_budget)], world)
+                if minutes > 0 or budget > 0:
+                    last_step = step  # the time is spent: this step is the last one
+                    progress.write(f"--max-minutes {cfg.max_minutes}: time is up after step {step}" if minutes > 0
+                                   else f"--budget {cfg.budget}: time is up after step {step:,} of the planned "
+                                        f"{total_steps:,} (this machine ran slower than measured); the learning rate "
+                                        f"had decayed to {lr / cfg.lr:.0%} of its peak, not to 0")
 
             if step % cfg.log_every == 0 or step == last_step:
                 keys = list(window)

@@ -70,7 +70,7 @@ def save_checkpoint(run_dir: str, step: int, model, tokenizer, optimizer, traine
         atomic_write_json(os.path.join(tmp, STATE_NAME), {**trainer_state, "step": step, "optimizer_groups": groups,
                                                           "files": _digests(tmp)})
         if os.path.exists(final):  # re-saving the same step (a resumed run that stops where it started)
-            shutil.rmtree(final)
+            _remove_checkpoint(final)
         os.replace(tmp, final)
         _fsync_dir(root)
     except OSError as e:
@@ -78,11 +78,23 @@ def save_checkpoint(run_dir: str, step: int, model, tokenizer, optimizer, traine
         raise BertkitError(f"{final}: could not write checkpoint ({e.strerror or e})",
                            hint="free disk space or fix permissions; the previous checkpoint is intact") from None
     for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_checkpoint(old)
     for name in os.listdir(root):  # debris of interrupted saves
         if name.startswith(".step-") and name != os.path.basename(tmp):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     return final
+
+
+def _remove_checkpoint(path: str) -> None:
+    """Rename to debris, then delete: a kill in the middle of deleting step-N in place left a directory that
+    still had its trainer_state.json (so it looked complete) but had lost other files."""
+    debris = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.old.tmp")
+    shutil.rmtree(debris, ignore_errors=True)
+    try:
+        os.replace(path, debris)
+    except OSError:
+        debris = path
+    shutil.rmtree(debris, ignore_errors=True)
 
 
 def _sha256(path: str) -> str:
