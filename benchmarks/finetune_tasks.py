@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tasks", nargs="*", default=list(SETTINGS), choices=[[], *SETTINGS], metavar="TASK")
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--out", default="/tmp/bertkit-finetune-tasks", help="where the fine-tuned models go")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "finetune_tasks.json"))
@@ -71,6 +71,9 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
 
+    from bertkit.device import machine_summary
+
+    print(f"{machine_summary()}\n")
     print("| task | seeds | epochs | lr | dev result (mean ± std) | train samples/s | wall clock |")
     print("|---|---|---:|---:|---|---:|---:|")
     for name, r in results.items():

@@ -72,7 +72,10 @@ def main() -> None:
                 f.write(once)
         rows.append(run_prepare([big], "text", os.path.join(work, "big"), args.workers))
         print(rows[-1], file=sys.stderr, flush=True)
-    print(f"\n`bertkit prepare --workers {args.workers}`, uncased 30,522-token vocabulary (all-MiniLM-L6-v2)\n")
+    from bertkit.device import machine_summary
+
+    print(f"\n`bertkit prepare --workers {args.workers}`, uncased 30,522-token vocabulary (all-MiniLM-L6-v2); "
+          f"{machine_summary()}\n")
     print("| corpus | format | input | wall clock | MB/s | tokens/s | peak RSS |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, r in zip(("Wikipedia (shared files)", "its sentences, repeated"), rows):

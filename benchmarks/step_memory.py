@@ -87,7 +87,10 @@ def main() -> None:
                 rows.append({"library": library, "seq_len": seq_len, "precision": precision,
                              **json.loads(proc.stdout.strip().splitlines()[-1])})
                 print(rows[-1], file=sys.stderr, flush=True)
-    print(f"\nbase (L12/H768), batch {args.batch_size}, 2 steps, AdamW state allocated before the steps\n")
+    from bertkit.device import machine_summary
+
+    print(f"\nbase (L12/H768), batch {args.batch_size}, 2 steps, AdamW state allocated before the steps; "
+          f"{machine_summary()}\n")
     print("| seq | precision | bertkit peak | transformers peak | bertkit step | transformers step | step ratio |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for i in range(0, len(rows), 2):
