@@ -166,3 +166,9 @@ def test_idle_openmp_threads_sleep_only_when_the_machine_is_busy(monkeypatch):
     assert machine.choose_wait_policy(env) == "PASSIVE" and env == {"OMP_WAIT_POLICY": "PASSIVE"}
     env = {"OMP_WAIT_POLICY": "ACTIVE"}  # the user's choice stands
     assert machine.choose_wait_policy(env) is None and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_the_command_decides_the_wait_policy_before_torch_loads():
+    code = "import sys, bertkit.cli, bertkit.machine; assert 'torch' not in sys.modules, 'torch loaded before main()'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
