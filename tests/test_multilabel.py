@@ -231,7 +231,7 @@ def multilabel_run(tiny_model, tmp_path_factory):
 
 
 def test_finetune_evaluate_predict_multi_label(multilabel_run, tmp_path):
-    root, out = multilabel_run, multilabel_run / "out"
+    root, out = multilabel_run, multilabel_run / "out" / "seed-1"  # every seed in OUT/seed-N
     result = json.loads((out / "eval_results.json").read_text())
     assert {"micro_f1", "macro_f1", "subset_accuracy"} <= result.keys()
     assert all(0.0 <= result[k] <= 1.0 for k in ("micro_f1", "macro_f1", "subset_accuracy"))
@@ -291,7 +291,7 @@ def test_finetune_evaluate_predict_multi_label(multilabel_run, tmp_path):
 
 
 def test_multi_label_bad_input(multilabel_run, tiny_model, tmp_path):
-    root, out = multilabel_run, multilabel_run / "out"
+    root, out = multilabel_run, multilabel_run / "out" / "seed-1"  # every seed in OUT/seed-N
     train = root / "train.csv"
     unseen = tmp_path / "dev.csv"
     unseen.write_text("text,topics\ngoal,sports\nrecipe,sports|cooking\n")
