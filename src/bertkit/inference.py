@@ -44,12 +44,13 @@ def run_features(model, features: Sequence[dict], pad_token_id: int, batch_size:
 
     model.eval()
     device = next(model.parameters()).device
+    autocast = resolve_precision(precision, device).autocast(device)  # checked and said once
     out: list = [None] * len(features)
     batches = list(length_grouped_batches([feature_length(f) for f in features], batch_size))
     for indices in tqdm(batches, desc=progress, unit="batch", disable=progress is None, dynamic_ncols=True):
         batch = collate([features[i] for i in indices], pad_token_id)
         batch = to_device(batch, device, keys=("input_ids", "token_type_ids", "attention_mask"))
-        with resolve_precision(precision, device).autocast(device):
+        with autocast:
             result = model(**batch)
         if result.logits is not None:
             rows = list(result.logits.float().cpu().numpy())
@@ -126,6 +127,7 @@ def encode_layers(model, tokenizer, texts: Sequence[str], layers: Sequence[int] 
         raise BertkitError(f"unknown layer merge {layer_merge!r}", hint="use concat or mean")
     model.eval()
     device = next(model.parameters()).device
+    autocast = resolve_precision(precision, device).autocast(device)  # checked and said once
     positions = model.config.max_position_embeddings
     max_length = min(max_length or positions, positions)
     features, cut = _encode(tokenizer, texts, max_length)
@@ -137,7 +139,7 @@ def encode_layers(model, tokenizer, texts: Sequence[str], layers: Sequence[int] 
     for indices in tqdm(batches, desc="embed", unit="batch", disable=not show_progress):
         chosen = [features[i] for i in indices]
         batch = to_device(collate(chosen, tokenizer.pad_token_id), device)
-        with resolve_precision(precision, device).autocast(device):
+        with autocast:
             out = model(**batch, output_hidden_states=not only_last)
         if only_last:
             vectors = out.last_hidden_state.float()

@@ -307,7 +307,8 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                                {"signature": signature, "epoch": epoch, "offset": offset, "skipped_steps": skipped,
                                 "best": best}, keep=cfg.keep_checkpoints)
 
-    autocast = resolve_precision(cfg.precision, device).autocast(device)
+    precision = resolve_precision(cfg.precision, device)  # the request, as finetune() resolved (and said) it
+    autocast = precision.autocast(device)
     log_every = cfg.log_every or max(1, min(50, total // 50))  # a readable curve whatever the run's length
     progress = tqdm(total=total, initial=step, desc=f"finetune {cfg.task} seed {seed}", unit="step",
                     disable=not cfg.show_progress, dynamic_ncols=True)
@@ -351,7 +352,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                 train_seconds += elapsed
                 line = {"step": step, "epoch": epoch, "loss": window_loss / window_steps if window_steps else None,
                         "lr": optimizer.param_groups[0]["lr"], "samples_per_s": window_samples / elapsed,
-                        "skipped_steps": skipped, "precision": cfg.precision}
+                        "skipped_steps": skipped, "precision": precision.name}
                 log.write(line)
                 if line["loss"] is not None:
                     progress.set_postfix(loss=f"{line['loss']:.4f}", samples_s=f"{line['samples_per_s']:.0f}")
@@ -471,7 +472,6 @@ def finetune(cfg: FinetuneConfig) -> dict:
     atomic_write_json(os.path.join(cfg.out, CONFIG_FILE), {
         **dataclasses.asdict(cfg), "precision_used": precision.name, "precision_reason": precision.reason,
         "threads": torch.get_num_threads(), "device_used": str(device)})
-    cfg = dataclasses.replace(cfg, precision=precision.name)  # what the seeds run (the file keeps the request)
     results = {}
     from bertkit.train.state import StopRequest
 
@@ -631,7 +631,6 @@ def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
     feats, _ = encode(kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device).name)
     outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="evaluate")
     result, _ = score(kind, cfg.task, examples, feats, outputs, labels, cfg)
     result = {k: float(v) for k, v in result.items()}
@@ -653,7 +652,6 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     feats, _ = encode(spec.kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device).name)
     outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="predict")
     _, predictions = score(spec.kind, cfg.task, _unlabel(examples), feats, outputs, labels, cfg)
     if spec.kind == "span":
