@@ -98,7 +98,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     cfg = PretrainConfig(
         data=args.data, out=args.out, model_config=args.model_config, init=args.init, steps=args.steps,
         budget=args.budget, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
-        weight_decay=args.weight_decay, seq_len=args.seq_len, objective=args.objective, masking=args.masking,
+        weight_decay=args.weight_decay, betas=tuple(args.betas) if args.betas else None, eps=args.eps, seq_len=args.seq_len, objective=args.objective, masking=args.masking,
         mask_rate=args.mask_rate, max_predictions=args.max_predictions, precision=args.precision, seed=args.seed, log_every=args.log_every,
         eval_every=args.eval_every, eval_samples=args.eval_samples, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, compile=args.compile, device=args.device,
@@ -177,7 +177,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
     out = args.out or os.path.join(args.run_dir[0], "curves.png")
     check_output_file(out, "--out")
-    plot_runs(args.run_dir, out)
+    plot_runs(args.run_dir, out, x=args.x, labels=args.labels)
     print(f"wrote {out}", file=sys.stderr)
 
 
@@ -405,24 +405,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pre-train with MLM + NSP (resumable; torchrun for DDP)", epilog=EXIT_STATUS)
     p.add_argument("--data", nargs="+", required=True, help="prepared-data directories (several combine)")
     p.add_argument("--out", required=True, help="run directory: metrics.jsonl, checkpoints/, model/")
-    p.add_argument("--model-config", default="mini", help="preset (tiny mini small medium base large) or config.json")
+    p.add_argument("--model-config", default=None,
+                   help="preset (tiny mini small medium base large) or config.json (default: with --budget, the preset "
+                        "measured best for it (tiny up to 2h); else mini)")
     p.add_argument("--init", help="start from this model directory (e.g. phase 2 at --seq-len 512)")
     p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: 1000)")
     p.add_argument("--budget", default=None,
                    help="wall-clock budget instead of --steps, e.g. 90s, 30m, 2h, 1h30m, 1d: a few timed steps plan "
                         "the number of steps so that the learning rate decays to 0 when the budget ends; the plan is "
                         "recorded (run.json, checkpoints) and --resume follows it")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="per process and micro-batch")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="per process and micro-batch (default: the preset's recipe)")
     p.add_argument("--grad-accum", type=positive_int, default=1)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--warmup", type=float, default=0.01, help="fraction of the steps")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: the preset's recipe, chosen by measurement: see BENCHMARKS.md; "
+                        "1e-4, the paper's, for base and large)")
+    p.add_argument("--warmup", type=float, default=None, help="fraction of the steps (default: the preset's recipe)")
     p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--betas", type=float, nargs=2, default=None, metavar=("BETA1", "BETA2"),
+                   help="AdamW's betas (default: the preset's recipe)")
+    p.add_argument("--eps", type=float, default=None, help="AdamW's epsilon (default: the preset's recipe)")
     p.add_argument("--seq-len", type=positive_int, default=128)
     p.add_argument("--objective", choices=["nsp", "none"], default="nsp")
     p.add_argument("--masking", choices=["token", "whole-word"], default="token")
-    p.add_argument("--mask-rate", type=float, default=0.15,
+    p.add_argument("--mask-rate", type=float, default=None,
                    help="share of the tokens to predict (each shown as [MASK] 80%% of the time, as a random token "
-                        "10%%, unchanged 10%%): 0.15 as the BERT paper, 0.3 as Wettig et al. (2023) and MosaicBERT")
+                        "10%%, unchanged 10%%): 0.15 as the BERT paper, 0.3 as Wettig et al. (2023) and MosaicBERT (default: the preset's recipe)")
     p.add_argument("--max-predictions", type=positive_int, default=None,
                    help="most predicted tokens per sequence (default: --mask-rate x --seq-len, rounded)")
     add_compute_options(p)
@@ -570,6 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="training curves from metrics.jsonl (several runs overlaid)")
     p.add_argument("run_dir", nargs="+")
     p.add_argument("--out", help="PNG file (default: RUN_DIR/curves.png)")
+    p.add_argument("--x", choices=["step", "minutes"], default="step",
+                   help="horizontal axis: optimizer steps, or wall-clock minutes since the run started (to compare "
+                        "runs whose steps cost different times)")
+    p.add_argument("--labels", nargs="+", help="one legend name per run (default: the directory names)")
     p.set_defaults(func=cmd_plot)
     return parser
 

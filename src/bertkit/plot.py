@@ -43,14 +43,29 @@ def run_labels(run_dirs: list[str]) -> list[str]:
     return [os.path.normpath(d) for d in run_dirs]
 
 
-def plot_runs(run_dirs: list[str], out: str) -> str:
-    """Draw the panels that have data for any of the runs into a PNG."""
+X_AXES = {"step": ("step", 1.0), "minutes": ("time_s", 60.0)}  # --x: the field and its divisor
+
+
+def plot_runs(run_dirs: list[str], out: str, x: str = "step", labels: list[str] | None = None) -> str:
+    """Draw the panels that have data for any of the runs into a PNG; x "minutes" puts wall-clock minutes since
+    the run started (metrics' time_s) on the horizontal axis instead of steps, for runs of unequal step cost."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if x not in X_AXES:
+        raise BertkitError(f"--x {x}: not one of {', '.join(X_AXES)}", hint="use --x step or --x minutes")
+    if labels is not None and len(labels) != len(run_dirs):
+        raise BertkitError(f"{len(labels)} labels for {len(run_dirs)} runs", hint="pass one --labels entry per run")
+    x_key, x_div = X_AXES[x]
     runs = {d: read_metrics(d) for d in run_dirs}
+    if x != "step":
+        missing = [d for d, rows in runs.items() if not any(x_key in r for r in rows)]
+        if missing:
+            raise BertkitError(f"{', '.join(missing)}: the metrics record no wall-clock time ({x_key})",
+                               hint="plot them with --x step (runs of bertkit before 2026-12 did not log time_s)")
+    names = labels or run_labels(list(runs))
     panels = [(k, title) for k, title in PANELS if any(k in r for rows in runs.values() for r in rows)]
     # fine-tuning: each dev metric (accuracy, f1, exact_match, ...) gets a panel of its own
     dev_metrics = {k for rows in runs.values() for r in rows if r.get("split") == "dev" for k, v in r.items()
@@ -65,10 +80,11 @@ def plot_runs(run_dirs: list[str], out: str) -> str:
         ax.set_visible(False)
     ylims = {}
     for ax, (key, title) in zip(axes.flat, panels):
-        for i, ((run, rows), label) in enumerate(zip(runs.items(), run_labels(list(runs)))):
+        for i, ((run, rows), label) in enumerate(zip(runs.items(), names)):
             color = f"C{i}"
-            train = [(r["step"], r[key]) for r in rows if r.get(key) is not None and r.get("split") not in HELD_OUT]
-            held = [(r["step"], r[key]) for r in rows if r.get(key) is not None and r.get("split") in HELD_OUT]
+            rows = [r for r in rows if r.get(x_key) is not None]
+            train = [(r[x_key] / x_div, r[key]) for r in rows if r.get(key) is not None and r.get("split") not in HELD_OUT]
+            held = [(r[x_key] / x_div, r[key]) for r in rows if r.get(key) is not None and r.get("split") in HELD_OUT]
             if train:
                 ax.plot(*zip(*train), color=color, label=f"{label} (train)", linewidth=1.2)
             if held:
@@ -81,12 +97,12 @@ def plot_runs(run_dirs: list[str], out: str) -> str:
         ax.ticklabel_format(axis="y", useOffset=False)
         ylims[title] = [float(v) for v in ax.get_ylim()]
         ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set_xlabel("wall-clock minutes" if x == "minutes" else "step")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     description = json.dumps({"panels": [title for _, title in panels], "runs": len(runs),  # for tests and tools
-                              "labels": run_labels(list(runs)), "ylim": ylims})
+                              "labels": names, "ylim": ylims, "x": x})
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Description": description}))
     plt.close(fig)
     return out

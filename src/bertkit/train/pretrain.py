@@ -37,6 +37,7 @@ from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_
 from bertkit.train.budget import (SECONDS_PER_STEP_ENV, Measurement, format_duration, measurement_override,
                                   parse_duration, plan_steps)
 from bertkit.train.optim import build_optimizer, set_lr, warmup_linear
+from bertkit.train.recipe import apply_recipe
 from bertkit.train.state import StopRequest, complete_checkpoints, load_checkpoint, save_checkpoint
 
 
@@ -47,20 +48,24 @@ DEFAULT_STEPS = 1000  # without --steps or --budget
 class PretrainConfig:
     data: list[str]
     out: str
-    model_config: str = "mini"  # a preset name or a config.json path
+    # None: from the recipe (train/recipe.py): the preset for the --budget (else mini), and that preset's lr,
+    # warmup, batch size, masking rate and AdamW betas/eps, each chosen by measurement
+    model_config: str | None = None  # a preset name or a config.json path
     init: str | None = None  # a model directory to continue from (phase 2 at a longer --seq-len)
     steps: int | None = None  # DEFAULT_STEPS, unless a --budget plans them
     budget: str | None = None  # a wall-clock budget such as "30m": the steps are planned for it (budget.py)
-    batch_size: int = 32  # per process and micro-batch
+    batch_size: int | None = None  # per process and micro-batch
     grad_accum: int = 1
-    lr: float = 1e-4  # the paper's peak learning rate for BERT-base
-    warmup: float = 0.01  # fraction of the steps (the paper: 10k of 1M)
+    lr: float | None = None  # peak; the paper's 1e-4 for base and large
+    warmup: float | None = None  # fraction of the steps (the paper: 10k of 1M)
     weight_decay: float = 0.01
+    betas: tuple[float, float] | None = None  # AdamW's; the paper's (0.9, 0.999)
+    eps: float | None = None  # AdamW's; the paper's 1e-6
     max_grad_norm: float = 1.0
     seq_len: int = 128
     objective: str = "nsp"
     masking: str = "token"
-    mask_rate: float = MASK_RATE  # share of tokens the model predicts; 0.3 as Wettig et al. (2023), MosaicBERT
+    mask_rate: float | None = None  # share of tokens predicted: 0.15 the paper; 0.3 Wettig et al. (2023), MosaicBERT
     max_predictions: int | None = None  # default round(mask_rate * seq_len)
     precision: str = "auto"  # bf16 where the hardware runs it natively, else fp32 (device.py)
     seed: int = 0
@@ -94,6 +99,7 @@ def load_model_config(spec: str) -> BertConfig:
 
 def build(cfg: PretrainConfig, world_size: int = 1):
     """Everything the loop needs, validated before anything is written."""
+    cfg, _ = apply_recipe(cfg)
     from bertkit.data.pretraining import PreparedCorpus, PretrainingDataset
     from bertkit.data.prepare import load_manifest
     from bertkit.tokenizer import Tokenizer
@@ -113,6 +119,12 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     if not 0.0 < cfg.mask_rate < 1.0:
         raise BertkitError(f"--mask-rate {cfg.mask_rate}: must be between 0 and 1 (exclusive)",
                            hint="e.g. 0.15 (the BERT paper) or 0.3 (Wettig et al., 2023)")
+    if not cfg.lr > 0 or not 0.0 <= cfg.warmup <= 1.0:
+        raise BertkitError(f"--lr {cfg.lr} --warmup {cfg.warmup}: the learning rate must be positive and the warmup "
+                           "a fraction of the steps in [0, 1]", hint="e.g. --lr 1e-3 --warmup 0.06")
+    if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas) or not cfg.eps > 0:
+        raise BertkitError(f"--betas {' '.join(map(str, cfg.betas))} --eps {cfg.eps}: each beta must be in [0, 1) "
+                           "and epsilon positive", hint="e.g. --betas 0.9 0.98 --eps 1e-6")
     if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
         raise BertkitError(f"--dropout {cfg.dropout}: must be in [0, 1)", hint="e.g. --dropout 0.1, or 0 for none")
     check_output_dir(cfg.out, hint="pass --resume to continue that run, or choose a new --out", reuse=cfg.resume)
@@ -157,7 +169,9 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     try:
         val_corpus = PreparedCorpus(cfg.data, "validation")
         if val_corpus.num_documents >= (2 if cfg.objective == "nsp" else 1):
-            validation = PretrainingDataset.from_tokenizer(val_corpus, tokenizer, **common)
+            # held out at the paper's 15% whatever --mask-rate trains with, so runs compare on one measure
+            validation = PretrainingDataset.from_tokenizer(
+                val_corpus, tokenizer, **{**common, "mask_rate": MASK_RATE, "max_predictions": None})
     except BertkitError:
         validation = None
     return model, tokenizer, train, validation
@@ -356,7 +370,7 @@ def measure_budget(cfg: PretrainConfig, world: distributed.World, model, tokeniz
         finally:
             shutil.rmtree(scratch_dir, ignore_errors=True)
     model.load_state_dict(initial)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, eps=cfg.eps, betas=tuple(cfg.betas))
     step_s, spent, evaluation, checkpoint = distributed.all_reduce_sum(
         [sum(timed_times) / len(timed_times), time.perf_counter() - started, evaluation, checkpoint], world)
     measured = Measurement(step=step_s / world.world_size, evaluation=evaluation, checkpoint=checkpoint,
@@ -399,7 +413,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if cfg.tensorboard:
         require_tensorboard()
     world = distributed.setup(cfg.device)
+    cfg, recipe_note = apply_recipe(cfg)
     model, tokenizer, train_set, validation = build(cfg, world.world_size)
+    if recipe_note and world.is_main:
+        print(recipe_note, file=sys.stderr)
     if cfg.steps is None and cfg.budget is None:
         cfg = dataclasses.replace(cfg, steps=DEFAULT_STEPS)
     precision = resolve_precision(cfg.precision, world.device, announce=False)  # said once the run starts
@@ -410,7 +427,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     wrapped = distributed.wrap(model, world)
     if cfg.compile:
         wrapped = torch.compile(wrapped, dynamic=True)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, eps=cfg.eps, betas=tuple(cfg.betas))
     step, epoch, offset, bad_steps_total, elapsed_before = 0, 0, 0, 0, 0.0
     plan = None
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
@@ -546,7 +563,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 elapsed = time.perf_counter() - window_start - paused_seconds
                 line = {"step": step, **_summarize(dict(zip(keys, sums[:-1]))), "lr": lr,
                         "tokens_per_s": sums[-1] / elapsed, "grad_norm": window_norm / window_good_steps if window_good_steps else None,
-                        "skipped_steps": bad_steps_total, "epoch": epoch, "precision": precision.name}
+                        "skipped_steps": bad_steps_total, "epoch": epoch, "precision": precision.name,
+                        "time_s": time.perf_counter() - started}
                 if world.is_main:
                     log.write(line)
                     progress.set_postfix(loss=f"{line['loss']:.3f}", mlm_acc=f"{line['mlm_accuracy']:.3f}",
@@ -559,10 +577,11 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 eval_started = time.perf_counter()
                 if world.is_main:
                     last_eval = {"step": step, **evaluate(model, validation, cfg, world.device, precision),
-                                 "split": "validation"}
+                                 "split": "validation", "time_s": eval_started - started}
                     log.write(last_eval)
                     progress.write(f"step {step}: held-out " + ", ".join(
-                        f"{k} {v:.4f}" for k, v in last_eval.items() if k not in ("step", "split")))
+                        f"{k} {v:.4f}" for k, v in last_eval.items() if k not in ("step", "split", "time_s"))
+                        + f" ({last_eval['time_s'] / 60:.1f} min)")
                 distributed.barrier(world)
                 paused_seconds += time.perf_counter() - eval_started
 
