@@ -1,0 +1,95 @@
+"""benchmarks/pretraining_pays_off.py without fine-tuning anything: the > 2 std verdict and the table on made-up
+results, the resume bookkeeping of results.jsonl, and the fixed random subset of a capped training set."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "pretraining_pays_off.py"
+
+
+@pytest.fixture(scope="module")
+def payoff():
+    spec = importlib.util.spec_from_file_location("pretraining_pays_off", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(task, init, seed, value, model="/m"):
+    return {"task": task, "init": init, "seed": seed, "metric": "accuracy", "value": value, "model": model}
+
+
+def test_verdict_uses_the_larger_std(payoff):
+    # random 0.52 ± 0.02, pre-trained 0.61 ± 0.01: +0.09 > 2 x 0.02
+    verdict = payoff.compare([0.50, 0.52, 0.54], [0.60, 0.61, 0.62])
+    assert verdict["difference"] == pytest.approx(0.09) and verdict["beats"] is True
+    # +0.08 beats 2 x the pre-trained std (0.02) but not 2 x the random-init std (0.10): no
+    assert payoff.compare([0.45, 0.50, 0.55], [0.57, 0.58, 0.59])["beats"] is False
+    assert payoff.compare([0.60, 0.61, 0.62], [0.50, 0.52, 0.54])["beats"] is False  # worse is never a win
+    # one seed has no spread: a difference, no verdict
+    assert payoff.compare([0.5], [0.9]) == {"difference": pytest.approx(0.4), "beats": None}
+    assert payoff.compare([], [0.9]) == {"difference": None, "beats": None}
+    assert payoff.mean_std([0.5, 0.7]) == (pytest.approx(0.6), pytest.approx(0.1414213, abs=1e-6))  # sample std
+
+
+def test_table_rows_on_synthetic_results(payoff):
+    values = {("rte", "random"): [0.50, 0.52, 0.54], ("rte", "pretrained"): [0.60, 0.61, 0.62],
+              ("cola", "random"): [0.10, 0.20, 0.30], ("cola", "pretrained"): [0.25, 0.26, 0.27],
+              ("rte", "ceiling"): [0.70, 0.70, 0.70]}
+    results = {(task, init, seed): record(task, init, seed, v)
+               for (task, init), vs in values.items() for seed, v in zip((1, 2, 3), vs)}
+    del results[("cola", "pretrained", 3)]  # a run interrupted before its last seed
+    rows, wins, decided = payoff.table_rows(results, ["rte", "cola", "sst2"], [1, 2, 3], with_ceiling=True)
+    assert (wins, decided) == (1, 2)  # sst2 has no results: no verdict
+    assert rows[2] == "| RTE | accuracy | 52.0 ± 2.0 | 61.0 ± 1.0 | +9.0 | yes | 70.0 ± 0.0 |"
+    assert rows[3] == "| CoLA | matthews_corr | 20.0 ± 10.0 | 25.5 ± 0.7 (2 of 3 seeds) | +5.5 | no | — |"
+    assert rows[4] == "| SST-2 | accuracy | — | — | — | n/a | — |"
+
+
+def test_resume_skips_finished_entries_and_drops_a_cut_line(payoff, tmp_path):
+    path = tmp_path / "results.jsonl"
+    payoff.append_result(str(path), record("rte", "random", 1, 0.5))
+    payoff.append_result(str(path), record("rte", "pretrained", 1, 0.6, model="/pre"))
+    with open(path, "a") as f:
+        f.write('{"task": "rte", "init": "ceil')  # the line an interruption cut short
+    done = payoff.load_results(str(path), {"pretrained": "/pre", "ceiling": "/minilm"})
+    assert sorted(done) == [("rte", "pretrained", 1), ("rte", "random", 1)]
+    todo = payoff.pending(done, ["rte"], [1, 2], ["random", "pretrained", "ceiling"])
+    assert todo == [("rte", "ceiling", 1), ("rte", "random", 2), ("rte", "pretrained", 2), ("rte", "ceiling", 2)]
+    # entries made from another pre-trained model are refused, not mixed in
+    with pytest.raises(payoff.Failure, match="made from /pre"):
+        payoff.load_results(str(path), {"pretrained": "/other", "ceiling": None})
+
+
+def test_a_changed_recipe_is_refused(payoff, tmp_path):
+    payoff.check_recipe(str(tmp_path), {"lr": 1e-4, "epochs": 3.0})
+    payoff.check_recipe(str(tmp_path), {"lr": 1e-4, "epochs": 3.0})  # the same: continues
+    with pytest.raises(payoff.Failure, match=r"--lr 0.0001 \(now 5e-05\)"):
+        payoff.check_recipe(str(tmp_path), {"lr": 5e-5, "epochs": 3.0})
+
+
+def test_capped_training_set_is_a_fixed_random_subset(payoff, tmp_path):
+    from bertkit.data.tasks import read_glue
+
+    sst2 = tmp_path / "sst2.tsv"
+    sst2.write_text("sentence\tlabel\n" + "".join(f"text {i}\t{i % 2}\n" for i in range(50)))
+    path, used, available = payoff.capped_train_file("sst2", str(sst2), 20, str(tmp_path / "a"))
+    again, _, _ = payoff.capped_train_file("sst2", str(sst2), 20, str(tmp_path / "b"))
+    assert (used, available) == (20, 50) and pathlib.Path(path).read_text() == pathlib.Path(again).read_text()
+    kept = [int(e.text_a.split()[1]) for e in read_glue("sst2", path)]  # bertkit reads it as an SST-2 file
+    assert len(kept) == 20 and kept == sorted(kept) and kept != list(range(20))  # not simply the first 20
+    cola = tmp_path / "cola.tsv"  # no header: every line is an example
+    cola.write_text("".join(f"src\t{i % 2}\t\tsentence {i}\n" for i in range(30)))
+    path, used, available = payoff.capped_train_file("cola", str(cola), 10, str(tmp_path / "c"))
+    assert (used, available) == (10, 30) and len(read_glue("cola", path)) == 10
+    assert payoff.capped_train_file("cola", str(cola), 30, str(tmp_path / "d")) == (str(cola), 30, 30)
+
+
+def test_missing_glue_data_is_one_clear_line(payoff, tmp_path, capsys):
+    status = payoff.main(["--pretrained", str(tmp_path), "--out", str(tmp_path / "out"),
+                          "--glue-dir", str(tmp_path / "nowhere"), "--tasks", "RTE"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(error) == 1
+    assert "GLUE data not found" in error[0] and "--glue-dir" in error[0] and "nowhere/RTE/train.tsv" in error[0]
