@@ -137,3 +137,20 @@ def test_tensorboard_scalars_match_metrics_jsonl(tmp_path):
     assert sorted(events.Tags()["scalars"]) == ["dev/accuracy", "train/loss", "train/lr"]
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("train/loss")] == [(10, 2.5), (20, 2.0)]
     assert [(e.step, e.value) for e in events.Scalars("dev/accuracy")] == [(20, 0.75)]
+
+
+def test_plot_against_wall_clock_minutes_with_labels(tmp_path):
+    fast = [{"step": s, "loss": 8.0 - s, "mlm_accuracy": 0.1 * s, "time_s": 30.0 * s} for s in range(1, 5)]
+    fast.append({"step": 4, "split": "validation", "mlm_accuracy": 0.35, "time_s": 120.0})
+    write_metrics(tmp_path / "fast", fast)
+    write_metrics(tmp_path / "slow", [{"step": 1, "loss": 7.0, "mlm_accuracy": 0.05, "time_s": 600.0}])
+    out = tmp_path / "minutes.png"
+    run_cli("plot", tmp_path / "fast", tmp_path / "slow", "--x", "minutes", "--labels", "new recipe", "old",
+            "--out", out)
+    drawn = png_description(out)
+    assert drawn["x"] == "minutes" and drawn["labels"] == ["new recipe", "old"]
+    write_metrics(tmp_path / "old-run", [{"step": 1, "loss": 7.0}])  # before time_s was logged
+    proc = run_cli("plot", tmp_path / "old-run", "--x", "minutes", "--out", tmp_path / "x.png", check=False)
+    assert_one_line_error(proc, "time_s", "--x step")
+    proc = run_cli("plot", tmp_path / "fast", "--labels", "a", "b", "--out", tmp_path / "y.png", check=False)
+    assert_one_line_error(proc, "2 labels for 1 runs")
