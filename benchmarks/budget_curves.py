@@ -17,8 +17,8 @@ machine two runs measure each other), each for --minutes:
   (the Trainer's default); 100 warmup steps, then linear decay to 0 at the step planned for the budget (the
   first 2 + 10 training steps are timed, and the rest of the budget divided by the step time, as bertkit plans
   it); batch 32 x 128 tokens; bf16 autocast where bertkit's `auto` picks bf16 on the CPU, else fp32. It trains on
-  bertkit's own sample stream with objective "none" (windows of 126 tokens across documents, 15% masked,
-  80/10/10): BertForMaskedLM has no NSP head to train on "nsp" pairs.
+  bertkit's own sample stream: the same [CLS] A [SEP] B [SEP] pairs with segment ids as the held-out samples, 15%
+  masked, 80/10/10; BertForMaskedLM has no NSP head, so the pairs' NSP labels are not used (MLM loss only).
 
 Held-out MLM accuracy is measured on the same samples and masks for all three: the first --eval-samples samples of
 the validation split as `bertkit pretrain` builds them for its default run (NSP pairs, seq 128, seed 0, token
@@ -29,8 +29,7 @@ into transformers.BertForMaskedLM, with `evaluate_mlm` and prints that next to b
 The clocks: bertkit's time_s counts from the start of the command (building the run, the budget's timed steps,
 held-out evaluations and checkpoints are all inside the budget); the transformers run's counts training steps
 only (model and data setup and its held-out evaluations are not on its clock). Its loss panel is MLM only;
-bertkit's is MLM + NSP. Trained on single windows, the transformers model never sees token type 1, which the
-held-out NSP pairs use for their second segment. Without --eval-every, each bertkit setup's is chosen from a few
+bertkit's is MLM + NSP. Without --eval-every, each bertkit setup's is chosen from a few
 timed steps and held-out batches of its model before it starts, for about 12 held-out points over its budget.
 
 Writes WORK/<setup>/metrics.jsonl (bertkit's format; WORK/transformers/ in the same format), WORK/budget_curves.png
@@ -66,7 +65,7 @@ POINTS = 12  # held-out evaluations over a budget, when --eval-every is not give
 SEQ_LEN, SEED, OBJECTIVE, MASKING = 128, 0, "nsp", "token"
 # the transformers run
 HF_PRESET, HF_LR, HF_WEIGHT_DECAY, HF_BETAS, HF_EPS = "mini", 1e-3, 0.01, (0.9, 0.999), 1e-6
-HF_WARMUP_STEPS, HF_BATCH, HF_MAX_GRAD_NORM, HF_OBJECTIVE, HF_MASK_RATE = 100, 32, 1.0, "none", 0.15
+HF_WARMUP_STEPS, HF_BATCH, HF_MAX_GRAD_NORM, HF_OBJECTIVE, HF_MASK_RATE = 100, 32, 1.0, "nsp", 0.15
 MEASURE_WARMUP, MEASURE_STEPS = 2, 10  # untimed, then timed steps before the plan (as bertkit's measure_budget)
 LOG_EVERY = 10  # training lines, as bertkit's default --log-every
 
@@ -351,7 +350,7 @@ def run_transformers(args: argparse.Namespace, batches: list[dict]) -> None:
         raise Failure(f"{args.data}: {len(train)} training samples, fewer than one batch ({HF_BATCH})")
     budget_s = 60 * args.minutes
     print(f"[{HF}] BertForMaskedLM {HF_PRESET} shape, {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{precision.describe()}; {len(train):,} training windows", flush=True)
+          f"{precision.describe()}; {len(train):,} training pairs", flush=True)
 
     metrics = open(os.path.join(out, "metrics.jsonl"), "w", encoding="utf-8")
 
@@ -517,7 +516,7 @@ def report(args: argparse.Namespace, batches: list[dict]) -> str:
             commands.append(f"- {LABELS[HF]}: BertForMaskedLM ({HF_PRESET} shape), AdamW lr {HF_LR:g}, betas "
                             f"{HF_BETAS[0]:g}/{HF_BETAS[1]:g}, eps {HF_EPS:g}, weight decay {HF_WEIGHT_DECAY:g}, "
                             f"{HF_WARMUP_STEPS} warmup steps then linear decay to 0 at the planned step, batch "
-                            f"{HF_BATCH} x {SEQ_LEN}, dropout 0.1, objective {HF_OBJECTIVE} (windows), this script")
+                            f"{HF_BATCH} x {SEQ_LEN}, dropout 0.1, MLM only on bertkit's {HF_OBJECTIVE} pairs, this script")
         else:
             run = json.load(open(os.path.join(args.work, name, "run.json")))
             cmd = pretrain_command(args.data, os.path.join(args.work, name), args.minutes, setup_overrides(
@@ -541,7 +540,7 @@ def report(args: argparse.Namespace, batches: list[dict]) -> str:
         "everything since the command started (building the run, the budget's timed steps, held-out evaluations "
         "and checkpoints); transformers' count training steps only. tokens/s: the mean of the logged windows "
         "(training only). The loss panel is MLM + NSP for bertkit, MLM alone for transformers. The transformers model "
-        "trains on single windows (token type 0 only) and is scored on the held-out NSP pairs.", "",
+        "trains on the same kind of NSP pairs (segment ids 0/1) as it is scored on, with the MLM loss only.", "",
         *(["Evaluation cross-check (the same model, both evaluations):", "", *[f"- {c}" for c in checks], ""]
           if checks else []),
         f"![curves]({os.path.basename(png)})", ""])
