@@ -44,17 +44,17 @@ def prose_sentences(text: str) -> list[str]:
     return sentences
 
 
-def python_docs_corpus(max_bytes: int = 3_000_000) -> str:
-    """Documents (blank-line separated, one sentence per line) from text every Python installation has:
-    the language reference topics of pydoc_data, and the docstrings of the standard library's modules
-    (read with `ast` from the source files, never imported)."""
+def python_docs_documents() -> list[tuple[str, list[str]]]:
+    """(name, sentences) of each document of text every Python installation has: the language reference
+    topics of pydoc_data (named `topic:NAME`), and the docstrings of the standard library's modules (named
+    as imported, `logging.handlers`; read with `ast` from the source files, never imported)."""
     import ast
     import sysconfig
     from pathlib import Path
 
     from pydoc_data.topics import topics
 
-    documents = [prose_sentences(topics[name]) for name in sorted(topics)]
+    documents = [(f"topic:{name}", prose_sentences(topics[name])) for name in sorted(topics)]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py")):
         if "test" in path.parts[-2:][0] or path.name.startswith("test"):
@@ -64,10 +64,17 @@ def python_docs_corpus(max_bytes: int = 3_000_000) -> str:
         except (SyntaxError, UnicodeDecodeError, OSError):
             continue
         nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-        documents.append([s for n in nodes for s in prose_sentences(ast.get_docstring(n) or "")])
+        module = ".".join(part for part in path.relative_to(stdlib).with_suffix("").parts if part != "__init__")
+        documents.append((module, [s for n in nodes for s in prose_sentences(ast.get_docstring(n) or "")]))
+    return documents
+
+
+def python_docs_corpus(max_bytes: int = 3_000_000, exclude: tuple[str, ...] = ()) -> str:
+    """The documents of `python_docs_documents` but those named in `exclude` (blank-line separated, one
+    sentence per line), up to about `max_bytes`."""
     text, size = [], 0
-    for sentences in documents:
-        if len(sentences) >= 2 and size < max_bytes:
+    for name, sentences in python_docs_documents():
+        if len(sentences) >= 2 and size < max_bytes and name not in exclude:
             text.append("\n".join(sentences))
             size += len(text[-1])
     return "\n\n".join(text) + "\n"
