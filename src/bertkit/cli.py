@@ -476,9 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted demo in --out (same options): its vocabulary and data are reused, "
                         "pre-training continues from its newest checkpoint, fine-tuning from its finished runs")
-    p.add_argument("--finetune-epochs", type=non_negative_int, default=20,
+    p.add_argument("--finetune-epochs", type=non_negative_int, default=30,
                    help="epochs of the last step, fine-tuning the pre-trained and a randomly initialised model on a "
-                        "small task, 3 seeds each, about a minute each on 2 cores (default: 20; 0 skips the step)")
+                        "small task, 3 seeds each, about a minute each on 2 cores (default: 30; 0 skips the step)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
