@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -137,10 +138,59 @@ def test_bad_inputs_exit_2_and_leave_out_untouched(prepared, tmp_path):
 
 
 def test_demo_smoke(tmp_path):
-    proc = run_cli("demo", "--out", tmp_path / "demo", "--steps", 4, "--quiet", "--corpus-bytes", 200_000)
+    """The whole demo, a few steps of each part; then a demo stopped in step 5 (fine-tuning) resumes there: the
+    finished fine-tuning runs are reused, the rest run, and the returned dict holds both dev accuracies."""
+    from bertkit.demo import FINETUNE_SEEDS, run_demo
+
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--out", out, "--steps", 4, "--quiet", "--corpus-bytes", 200_000, "--finetune-epochs", 1)
     assert "MLM accuracy" in proc.stdout and "NSP accuracy" in proc.stdout
-    assert (tmp_path / "demo" / "run" / "model" / "model.safetensors").exists()
-    assert (tmp_path / "demo" / "run" / "curves.png").exists()
+    assert (out / "run" / "model" / "model.safetensors").exists()
+    assert (out / "run" / "curves.png").exists()
+    assert "[5/5] fine-tuning" in proc.stdout and "dev accuracy: pre-trained" in proc.stdout
+    assert "epoch 1: accuracy" not in proc.stdout  # finetune's line per epoch and seed stays in metrics.jsonl
+    seeds = [f"seed-{s}" for s in range(FINETUNE_SEEDS)]
+    done = {(start, seed): out / "finetune" / start / seed / "eval_results.json"
+            for start in ("pretrained", "random") for seed in seeds}
+    assert all(path.exists() for path in done.values())
+
+    shutil.rmtree(out / "finetune" / "random" / seeds[-1])  # stopped during the random start's last seed
+    kept = {key: path.stat().st_mtime_ns for key, path in done.items() if key != ("random", seeds[-1])}
+    result = run_demo(str(out), steps=4, corpus_bytes=200_000, finetune_epochs=1, show_progress=False, resume=True)
+    assert {key: done[key].stat().st_mtime_ns for key in kept} == kept  # reused, not trained again
+    assert done["random", seeds[-1]].exists()
+    for start in ("pretrained", "random"):
+        accuracies = [json.loads(done[start, seed].read_text())["accuracy"] for seed in seeds]
+        assert result[f"finetune_{start}"]["accuracy"] == pytest.approx(sum(accuracies) / len(accuracies))
+    assert result["step"] == 4 and 0 <= result["mlm_accuracy"] <= 1
+    assert result["task"]["train"] == len((out / "task" / "train.jsonl").read_text().splitlines())
+
+
+def test_demo_task_is_deterministic_well_formed_and_held_out(tmp_path):
+    """Step 5's task: the same files for the same seed, in the format `bertkit finetune --task classify` reads,
+    TASK_TRAIN_PER_MODULE training sentences a module, no sentence twice, and none in the pre-training corpus."""
+    from collections import Counter
+
+    from bertkit.data.tasks import read_table
+    from bertkit.demo import TASK_MODULES, TASK_TRAIN_PER_MODULE, module_task, python_docs_corpus
+
+    infos = [module_task(str(tmp_path / name), seed) for name, seed in (("a", 0), ("b", 0), ("c", 1))]
+    files = {name: {split: (tmp_path / name / f"{split}.jsonl").read_bytes() for split in ("train", "dev")}
+             for name in "abc"}
+    assert files["a"] == files["b"] and infos[0] == infos[1]
+    assert files["a"]["train"] != files["c"]["train"]  # another seed, another split
+    train = read_table(str(tmp_path / "a" / "train.jsonl"))
+    dev = read_table(str(tmp_path / "a" / "dev.jsonl"))
+    assert Counter(e.label for e in train) == {module: TASK_TRAIN_PER_MODULE for module in TASK_MODULES}
+    dev_counts = Counter(e.label for e in dev)
+    assert set(dev_counts) == set(TASK_MODULES) and min(dev_counts.values()) >= 50
+    assert infos[0]["train"] == len(train) and infos[0]["dev"] == len(dev)
+    assert infos[0]["majority_accuracy"] == max(dev_counts.values()) / len(dev)
+    texts = [e.text_a for e in train + dev]
+    assert len(set(texts)) == len(texts) and all(len(t.split()) >= 3 for t in texts)
+    pretraining = set(python_docs_corpus(exclude=TASK_MODULES).split("\n"))  # the demo's (whole) corpus
+    assert not pretraining & set(texts)
+    assert set(texts) <= set(python_docs_corpus().split("\n"))  # left out of it, not made up
 
 
 def test_real_wikipedia_vocab_prepare_pretrain(tmp_path):

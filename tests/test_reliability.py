@@ -161,7 +161,7 @@ def test_demo_interrupted_exits_130_and_resumes(tmp_path):
     pre-training from the checkpoint; a changed option is refused by name and the directory kept."""
     out = tmp_path / "demo"
     args = ["demo", "--out", out, "--steps", 400, "--batch-size", 8, "--seq-len", 32, "--corpus-bytes", 200_000,
-            "--quiet"]
+            "--finetune-epochs", 0, "--quiet"]  # (test_demo_smoke resumes a demo in its fine-tuning step)
     proc = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_lines(out / "run" / "metrics.jsonl", 1, proc)
     proc.send_signal(signal.SIGINT)
@@ -174,7 +174,7 @@ def test_demo_interrupted_exits_130_and_resumes(tmp_path):
     assert (out / "data" / "manifest.json").exists()  # refused, and nothing of the first try lost
     resumed = run_cli(*args, "--resume")
     assert "reusing the" in resumed.stdout and "resuming from" in resumed.stderr, resumed.stdout + resumed.stderr
-    assert "MLM accuracy" in resumed.stdout
+    assert "MLM accuracy" in resumed.stdout and "[5/5] fine-tuning skipped" in resumed.stdout
     assert (out / "run" / "model" / "model.safetensors").exists()
     steps = [json.loads(line)["step"] for line in open(out / "run" / "metrics.jsonl") if "split" not in line]
     assert steps == list(range(25, 401, 25))  # one run's log, continued where it stopped
