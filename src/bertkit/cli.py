@@ -472,13 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_compute_options(p)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--model-config", default="tiny", help="preset or config.json")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (the tiny recipe's at batch 32: BENCHMARKS.md)")
     p.add_argument("--seq-len", type=positive_int, default=128)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--vocab-size", type=positive_int, default=4000)
     p.add_argument("--corpus-bytes", type=positive_int, default=3_000_000,
                    help="cap on the built-in corpus (a smaller one runs faster)")
-    p.add_argument("--max-minutes", type=float, default=8.0,
+    p.add_argument("--max-minutes", type=float, default=6.0,
                    help="wall-clock cap on the pre-training, so the demo ends within 10 minutes on a slow CPU "
                         "(it ends at the step where the time is spent, evaluated and saved)")
     p.add_argument("--resume", action="store_true",

@@ -27,12 +27,17 @@ import torch
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write_json, atomic_write_text, check_output_dir, read_text
 
-# Sentences about the corpus' subject, each with one word hidden; the expected word is in brackets.
+# Sentences in the corpus' style, written for the demo (none is in the corpus as it stands), each with one
+# word hidden, and the words that fill it rightly.
 PROBES = [
-    "The [MASK] statement is used for conditional execution.",
-    "If the argument is omitted, [MASK] is returned.",
-    "Raise a [MASK] if the key is not found.",
-    "Each argument is evaluated from left to [MASK].",
+    ("The [MASK] statement is used for conditional execution.", {"if"}),
+    ("If the argument is omitted, [MASK] is returned.", {"none"}),
+    ("Return [MASK] if the path is an existing directory.", {"true"}),
+    ("Each argument is evaluated from left to [MASK].", {"right"}),
+    ("The default value is [MASK].", {"none"}),
+    ("A ValueError is [MASK] if the value is out of range.", {"raised"}),
+    ("The size argument must be an [MASK].", {"integer", "int"}),
+    ("Return the name of the current working [MASK].", {"directory"}),
 ]
 
 # The task: which of these modules' docstrings a sentence comes from. Subjects far apart (threads,
@@ -102,23 +107,29 @@ def python_docs_corpus(max_bytes: int = 3_000_000, exclude: tuple[str, ...] = ()
     return "\n\n".join(text) + "\n"
 
 
-def show_fill_mask(model, tokenizer, title: str) -> None:
+def show_fill_mask(model, tokenizer, title: str) -> int:
+    """Print the top 3 guesses for each probe, marked where a right word is among them; returns how many are."""
     from bertkit.inference import fill_mask
 
     print(f"\n{title}")
-    for probe in PROBES:
+    right = 0
+    for probe, answers in PROBES:
         guesses = fill_mask(model, tokenizer, probe, top_k=3)[0]
+        hit = any(token in answers for token, _ in guesses)
+        right += hit
         shown = ", ".join(f"{token} ({p:.0%})" for token, p in guesses)
-        print(f"  {probe:<72} -> {shown}")
+        print(f"  {'+' if hit else ' '} {probe:<58} -> {shown}")
+    print(f"  the right word is in the top 3 for {right} of {len(PROBES)} ('+')")
+    return right
 
 
 SETTINGS_FILE = "demo.json"  # the options a demo directory was made with: --resume must repeat them
 
 
 def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 2500, vocab_size: int = 4000,
-             model_config: str = "tiny", seq_len: int = 128, batch_size: int = 32, lr: float = 2e-3,
+             model_config: str = "tiny", seq_len: int = 128, batch_size: int = 32, lr: float = 3e-3,
              precision: str = "auto", seed: int = 0, corpus_bytes: int = 3_000_000,
-             show_progress: bool = True, resume: bool = False, max_minutes: float | None = 8.0,
+             show_progress: bool = True, resume: bool = False, max_minutes: float | None = 6.0,
              finetune_epochs: int = FINETUNE_EPOCHS) -> dict:
     """Run the demo into `out`; with `resume`, continue an interrupted one there (its vocabulary and data
     reused when complete, the pre-training from its newest checkpoint)."""
@@ -199,7 +210,6 @@ def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch
                          batch_size=batch_size, lr=lr, warmup=0.06, seq_len=seq_len, precision=precision, seed=seed,
                          log_every=25, eval_every=max(1, steps // 4), save_every=steps, eval_samples=512,
                          show_progress=show_progress, resume=resume, max_minutes=max_minutes,
-                         dropout=None,  # the config's 0.1, as the demo's numbers in README.md were measured
                          model_overrides=dict(max_position_embeddings=seq_len))
     untrained, _, _, validation = build(cfg)
     if validation is None:

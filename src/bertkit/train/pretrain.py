@@ -415,8 +415,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
     world = distributed.setup(cfg.device)
     cfg, recipe_note = apply_recipe(cfg)
     model, tokenizer, train_set, validation = build(cfg, world.world_size)
-    if recipe_note and world.is_main:
-        print(recipe_note, file=sys.stderr)
     if cfg.steps is None and cfg.budget is None:
         cfg = dataclasses.replace(cfg, steps=DEFAULT_STEPS)
     precision = resolve_precision(cfg.precision, world.device, announce=False)  # said once the run starts
@@ -511,6 +509,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         return path
 
     if world.is_main:  # everything is checked: say how this run computes
+        if recipe_note:
+            print(recipe_note, file=sys.stderr)
         resolve_precision(cfg.precision, world.device)
         if world.device.type == "cpu" and (note := oversubscription_note()):
             print(note, file=sys.stderr)
