@@ -247,7 +247,7 @@ def test_compile_gives_the_same_losses(prepared, tmp_path):
 
 def test_help_shows_defaults_and_exit_status():
     pretrain = run_cli("pretrain", "--help").stdout
-    assert "default: 1000" in pretrain and "(default: 32)" in pretrain  # --steps has no help text of its own
+    assert "default: 1000" in pretrain and "the preset's recipe" in pretrain  # --steps has no help text of its own
     finetune = run_cli("finetune", "--help").stdout
     for text in (pretrain, finetune, run_cli("demo", "--help").stdout):
         assert "exit status:" in text and "130" in text and "143" in text and "--resume" in text

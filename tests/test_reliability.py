@@ -289,7 +289,7 @@ def test_out_of_memory_is_one_line_and_leaves_no_output(tiny_model, sst2, prepar
         assert main([str(a) for a in args]) == 2, name
         # the run had started (its precision said, maybe a busy-machine note): then exactly one error line
         lines = [line for line in capsys.readouterr().err.strip().splitlines()
-                 if not line.startswith(("precision ", "note: "))]
+                 if not line.startswith(("precision ", "note: ", "recipe: "))]
         assert len(lines) == 1, lines
         assert "out of" in lines[0] and "memory" in lines[0] and "--batch-size" in lines[0], lines[0]
         if "allocate" in str(error):
@@ -354,7 +354,7 @@ def test_read_only_checkpoint_directory(prepared, tmp_path):
         proc = run_cli(*pretrain_args(prepared, run, "--resume"), check=False)
     assert proc.returncode == 2, proc.stderr
     # "resuming from ...", the precision it runs in (and a note if the machine is busy), then the error
-    resumed, error = [line for line in proc.stderr.strip().splitlines() if not line.startswith(("precision ", "note: "))]
+    resumed, error = [line for line in proc.stderr.strip().splitlines() if not line.startswith(("precision ", "note: ", "recipe: "))]
     assert resumed.startswith("resuming from") and "could not write checkpoint" in error, proc.stderr
     assert "previous checkpoint is intact" in error and str(run / "checkpoints") in error, error
     assert os.listdir(run / "checkpoints") == ["step-00000003"]
