@@ -69,7 +69,7 @@ def _preset_of(config: BertConfig) -> str | None:
     return None
 
 
-RECIPE_FIELDS = ("lr", "warmup", "batch_size", "mask_rate", "betas", "eps")
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
 
 
 def apply_recipe(cfg):
@@ -89,12 +89,10 @@ def apply_recipe(cfg):
         chosen.append(f"--model-config {name}" + (f" (the preset for --budget {cfg.budget})" if cfg.budget else ""))
     if init_config is not None:
         source = _preset_of(init_config)
-    elif cfg.model_config is not None and not os.path.isfile(cfg.model_config) and cfg.model_config in RECIPES:
-        source = cfg.model_config
     elif cfg.model_config is not None and os.path.isfile(cfg.model_config):
         source = _preset_of(BertConfig.load(cfg.model_config))
     else:
-        source = None
+        source = cfg.model_config if cfg.model_config in RECIPES else None
     recipe = RECIPES.get(source, PAPER)
     unset = [f for f in RECIPE_FIELDS if getattr(cfg, f) is None]
     if not unset:
