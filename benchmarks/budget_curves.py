@@ -7,7 +7,9 @@ and `bertkit prepare --format wikiextractor`). The setups run one after another,
 machine two runs measure each other), each for --minutes:
 
 - new: `bertkit pretrain --data DATA --out WORK/new --budget Mm --eval-every N --quiet`, no recipe flag: the
-  budget's default preset (train/recipe.py: tiny up to 2 h) trained with that preset's recipe.
+  budget's default preset (train/recipe.py: tiny up to 1 h) trained with that preset's recipe.
+- new-tiny, new-mini, new-small, new-medium (the sweep, only when named in --only): the same with
+  `--model-config PRESET`, so that preset trains with its own recipe for the same budget.
 - old: the same command with the former defaults given explicitly: `--model-config mini --lr 1e-4 --warmup 0.01
   --betas 0.9 0.999 --eps 1e-6 --batch-size 32 --mask-rate 0.15 --dropout 0.1`. The dropout is the model
   config's 0.1, what pre-training used before `pretrain --budget` came in with dropout off (--old-dropout).
@@ -55,8 +57,11 @@ import tempfile
 import time
 
 NEW, OLD, HF = "new", "old", "transformers"
-SETUPS = (NEW, OLD, HF)
-LABELS = {NEW: "bertkit, new recipe", OLD: "bertkit, old defaults", HF: "transformers"}
+# The sweep: the new recipe with the preset forced (new-mini: `--model-config mini`, that preset's recipe)
+SWEEP = tuple(f"{NEW}-{name}" for name in ("tiny", "mini", "small", "medium"))
+SETUPS = (NEW, *SWEEP, OLD, HF)
+LABELS = {NEW: "bertkit, new recipe", OLD: "bertkit, old defaults", HF: "transformers",
+          **{name: f"bertkit, new recipe, {name[len(NEW) + 1:]}" for name in SWEEP}}
 # `bertkit pretrain`'s defaults before the per-preset recipe (commit 6ad2d98), and the dropout before 84f017d
 OLD_DEFAULTS = {"model_config": "mini", "lr": 1e-4, "warmup": 0.01, "betas": (0.9, 0.999), "eps": 1e-6,
                 "batch_size": 32, "mask_rate": 0.15, "dropout": 0.1}
@@ -80,8 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=30.0, help="the wall-clock budget of each setup (default: 30)")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "budget-curves"),
                    help="the runs, the plot and the table (default: %(default)s)")
-    p.add_argument("--only", default=",".join(SETUPS),
-                   help=f"comma-separated subset of {','.join(SETUPS)} (default: all three)")
+    p.add_argument("--only", default=",".join((NEW, OLD, HF)),
+                   help=f"comma-separated subset of {','.join(SETUPS)} (default: {NEW},{OLD},{HF}; "
+                   "new-PRESET is the sweep: the new recipe with --model-config PRESET)")
     p.add_argument("--eval-samples", type=int, default=1024,
                    help="held-out samples (default: 1024, bertkit pretrain's)")
     p.add_argument("--eval-every", type=int, default=None,
@@ -114,7 +120,9 @@ def budget_text(minutes: float) -> str:
 
 
 def setup_overrides(name: str, old_dropout: float = OLD_DEFAULTS["dropout"]) -> dict:
-    """PretrainConfig fields a bertkit setup sets (new: none, so the recipe fills them in)."""
+    """PretrainConfig fields a bertkit setup sets (new: none, so the recipe fills them in; new-PRESET: the preset)."""
+    if name in SWEEP:
+        return {"model_config": name[len(NEW) + 1:]}
     return {} if name == NEW else {**OLD_DEFAULTS, "dropout": old_dropout}
 
 
