@@ -326,6 +326,7 @@ def resolve_model_dir(path: str) -> str:
 
 def load_model(directory: str, **kwargs):
     """Load a directory into the class its config names (architectures[0]), BertModel by default."""
+    from bertkit.electra import ELECTRA_CLASSES
     from bertkit.model import MODEL_CLASSES, BertModel
 
     config_path = os.path.join(directory, CONFIG_NAME)
@@ -336,4 +337,4 @@ def load_model(directory: str, **kwargs):
                 arch = (json.load(f).get("architectures") or [None])[0]
         except (ValueError, AttributeError):
             pass  # BertConfig.load reports the bad file
-    return MODEL_CLASSES.get(arch, BertModel).from_pretrained(directory, **kwargs)
+    return {**MODEL_CLASSES, **ELECTRA_CLASSES}.get(arch, BertModel).from_pretrained(directory, **kwargs)
