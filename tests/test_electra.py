@@ -140,7 +140,7 @@ def test_loss_is_transformers_mlm_loss_plus_50_times_its_discriminator_loss(tmp_
     pretrainer, batch, originals, labels = forced_setup(tmp_path)
     loss, stats = pretrainer(**batch, labels=labels, rng=torch.Generator().manual_seed(0), unpad=unpad)
 
-    # The reference: transformers' models on the same weights, with the corrupted batch and the labels the paper defines.
+    # The reference: transformers' models on the same weights, given the corrupted batch and the paper's labels.
     pretrainer.save_pretrained(tmp_path)
     generator = transformers.ElectraForMaskedLM.from_pretrained(tmp_path / electra.GENERATOR_DIR).eval()
     discriminator = transformers.ElectraForPreTraining.from_pretrained(tmp_path).eval()
@@ -156,15 +156,17 @@ def test_loss_is_transformers_mlm_loss_plus_50_times_its_discriminator_loss(tmp_
     assert electra.DISCRIMINATOR_WEIGHT == 50.0
 
     n_real = int(batch["attention_mask"].sum())
-    assert {k: (float(s), float(c)) for k, (s, c) in stats.items() if k != "mlm_loss" and k != "rtd_loss" and
-            k != "rtd_accuracy"} == {"mlm_accuracy": (3.0, 7.0), "replaced_fraction": (4.0, 7.0)}
+    assert set(stats) == {"mlm_loss", "mlm_accuracy", "rtd_loss", "rtd_accuracy", "replaced_fraction"}
+    counted = lambda name: (float(stats[name][0]), float(stats[name][1]))  # noqa: E731
+    assert counted("mlm_accuracy") == (3.0, 7.0)  # the generator predicts FORCED: right where it is the original
+    assert counted("replaced_fraction") == (4.0, 7.0)
     torch.testing.assert_close(stats["mlm_loss"][0] / stats["mlm_loss"][1], mlm, **TOL)
     torch.testing.assert_close(stats["rtd_loss"][0] / stats["rtd_loss"][1], rtd, **TOL)
     with torch.no_grad():
         predicted = discriminator(input_ids=corrupted, attention_mask=batch["attention_mask"],
                                   token_type_ids=batch["token_type_ids"]).logits > 0
     correct = (predicted.long() == is_replaced)[batch["attention_mask"].bool()].sum()
-    assert float(stats["rtd_accuracy"][0]) == float(correct) and float(stats["rtd_accuracy"][1]) == n_real
+    assert counted("rtd_accuracy") == (float(correct), float(n_real))
 
 
 def test_bf16_autocast_samples_in_fp32(tmp_path):

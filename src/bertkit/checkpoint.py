@@ -3,8 +3,9 @@
 A model directory is `config.json` + `model.safetensors` (or a sharded `model.safetensors.index.json`),
 exactly what `transformers` writes and reads, so every BERT checkpoint on the hub loads here and ours
 load there. The whole correspondence between our parameter names and HuggingFace's is one table per
-format: `KEY_MAP` for BERT, `ELECTRA_KEY_MAP` for ELECTRA, chosen by config.json's model_type (`FORMATS`). Pickle files (`pytorch_model.bin`) are refused unless the caller asks for them, and
-even then read with `torch.load(weights_only=True)`, which cannot run code.
+format: `KEY_MAP` for BERT, `ELECTRA_KEY_MAP` for ELECTRA, chosen by config.json's model_type (`FORMATS`).
+Pickle files (`pytorch_model.bin`) are refused unless the caller asks for them, and even then read with
+`torch.load(weights_only=True)`, which cannot run code.
 """
 
 from __future__ import annotations
@@ -209,8 +210,8 @@ def load_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source
     if is_encoder_only:  # a bare BertModel: drop the "bert." (or "electra.") of a task checkpoint
         hf_state = {k[len(prefix):]: v for k, v in hf_state.items() if k.startswith(prefix)} or hf_state
     elif not any(k.startswith(prefix) for k in hf_state):  # a bare BertModel checkpoint under a head
-        hf_state = {(prefix + k if k.startswith(("embeddings.", "embeddings_project.", "encoder.", "pooler.")) else k): v
-                    for k, v in hf_state.items()}
+        encoder_keys = ("embeddings.", "embeddings_project.", "encoder.", "pooler.")
+        hf_state = {(prefix + k if k.startswith(encoder_keys) else k): v for k, v in hf_state.items()}
     report = LoadReport()
     used: set[str] = set()
     with torch.no_grad():
@@ -218,8 +219,8 @@ def load_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source
             try:
                 hf_keys = to_hf_keys(name, not is_encoder_only and name.startswith("bert."), fmt)
             except KeyError:
-                raise BertkitError(f"{source}: {type(model).__name__} does not load from this {config_kind(model.config)} "
-                                   f"checkpoint (its {name} has no name in that format)",
+                raise BertkitError(f"{source}: {type(model).__name__} does not load from this "
+                                   f"{config_kind(model.config)} checkpoint (its {name} has no name in that format)",
                                    hint="load it into a class of that format: fine-tuning heads and BertModel read "
                                         "both BERT and ELECTRA; ELECTRA pre-training is bertkit.electra") from None
             if not all(k in hf_state for k in hf_keys):
@@ -281,7 +282,8 @@ class PretrainedMixin:
             keys = [k for n in encoder for k in model.load_report.missing_files_keys[n]]
             raise BertkitError(f"{source}: the encoder weights {', '.join(keys[:3])}"
                                f"{f' (and {len(keys) - 3} more)' if len(keys) > 3 else ''} are missing",
-                               hint=f"the file is damaged or not a {config_kind(config)} checkpoint; restore it from the original")
+                               hint=f"the file is damaged or not a {config_kind(config)} checkpoint; "
+                                    "restore it from the original")
         if model.load_report.missing or model.load_report.unused:
             log.info("%s from %s: %s", cls.__name__, directory, model.load_report)
         return model

@@ -211,7 +211,8 @@ class ElectraPretrainer(nn.Module):
         """What save_pretrained wrote: the discriminator's directory, with its generator inside."""
         directory = os.fspath(directory)
         generator_dir = os.path.join(directory, GENERATOR_DIR)
-        model = cls(load_config(os.path.join(directory, CONFIG_NAME)), load_config(os.path.join(generator_dir, CONFIG_NAME)))
+        model = cls(load_config(os.path.join(directory, CONFIG_NAME)),
+                    load_config(os.path.join(generator_dir, CONFIG_NAME)))
         model.load_weights(directory)
         return model
 
