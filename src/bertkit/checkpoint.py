@@ -2,9 +2,10 @@
 
 A model directory is `config.json` + `model.safetensors` (or a sharded `model.safetensors.index.json`),
 exactly what `transformers` writes and reads, so every BERT checkpoint on the hub loads here and ours
-load there. The whole correspondence between our parameter names and HuggingFace's is the one table
-`KEY_MAP` below. Pickle files (`pytorch_model.bin`) are refused unless the caller asks for them, and
-even then read with `torch.load(weights_only=True)`, which cannot run code.
+load there. The whole correspondence between our parameter names and HuggingFace's is one table per
+format: `KEY_MAP` for BERT, `ELECTRA_KEY_MAP` for ELECTRA, chosen by config.json's model_type (`FORMATS`).
+Pickle files (`pytorch_model.bin`) are refused unless the caller asks for them, and even then read with
+`torch.load(weights_only=True)`, which cannot run code.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bertkit.config import BertConfig
+from bertkit.config import BertConfig, load_config
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write, atomic_write_json
 
@@ -48,14 +49,31 @@ KEY_MAP: list[tuple[str, str | tuple[str, ...]]] = [
     ("qa.{p}", "qa_outputs.{p}"),
 ]
 ENCODER_PREFIX = "bert."
-# Present in some checkpoints, never needed: the tied decoder (it is the word embedding matrix and
-# cls.predictions.bias) and position-id buffers.
-IGNORED_HF_KEYS = re.compile(r"(cls\.predictions\.decoder\.(weight|bias)|.*position_ids|.*token_type_ids)$")
 
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-PICKLE_NAME = "pytorch_model.bin"
-CONFIG_NAME = "config.json"
+# The ELECTRA format (transformers' modeling_electra.py, Clark et al. 2020): BERT's encoder names under "electra."
+# plus embeddings_project (when embedding_size != hidden_size), and ELECTRA's two heads (electra.py) in place of
+# BERT's. bertkit's own pooler and task heads, fine-tuned from an ELECTRA checkpoint, keep BERT's names.
+ELECTRA_KEY_MAP: list[tuple[str, str | tuple[str, ...]]] = [
+    row for row in KEY_MAP if not row[0].startswith(("mlm.", "nsp."))] + [
+    ("embeddings_project.{p}", "embeddings_project.{p}"),
+    ("rtd.dense.{p}", "discriminator_predictions.dense.{p}"),  # the discriminator: ElectraForPreTraining
+    ("rtd.prediction.{p}", "discriminator_predictions.dense_prediction.{p}"),
+    ("mlm.dense.{p}", "generator_predictions.dense.{p}"),  # the generator: ElectraForMaskedLM
+    ("mlm.norm.{p}", "generator_predictions.LayerNorm.{p}"),
+    ("mlm.bias", "generator_lm_head.bias"),
+]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One HF checkpoint format: the prefix of its encoder's keys in a model with a head, and its key table."""
+
+    encoder_prefix: str
+    key_map: list[tuple[str, str | tuple[str, ...]]]
+    patterns: list = field(init=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "patterns", [(_compile(ours), hf) for ours, hf in self.key_map])
 
 
 def _compile(template: str) -> re.Pattern:
@@ -63,19 +81,40 @@ def _compile(template: str) -> re.Pattern:
     return re.compile(pattern + "$")
 
 
-_OURS = [(_compile(ours), hf) for ours, hf in KEY_MAP]
+# config.model_type -> its format
+FORMATS = {"bert": Format(ENCODER_PREFIX, KEY_MAP), "electra": Format("electra.", ELECTRA_KEY_MAP)}
 
 
-def to_hf_keys(name: str, is_encoder_param: bool) -> tuple[str, ...]:
-    """Our parameter name (relative to its model) -> the HF key(s) holding it."""
+def format_of(config: BertConfig) -> Format:
+    return FORMATS[config.model_type]
+
+
+def config_kind(config: BertConfig) -> str:
+    return config.model_type.upper()  # "BERT", "ELECTRA": for messages
+
+
+# Present in some checkpoints, never needed: the tied decoders (each is the word embedding matrix, plus
+# cls.predictions.bias or generator_lm_head.bias) and position-id buffers.
+IGNORED_HF_KEYS = re.compile(
+    r"(cls\.predictions\.decoder\.(weight|bias)|generator_lm_head\.weight|.*position_ids|.*token_type_ids)$")
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_NAME = "pytorch_model.bin"
+CONFIG_NAME = "config.json"
+
+
+def to_hf_keys(name: str, is_encoder_param: bool, fmt: Format = FORMATS["bert"]) -> tuple[str, ...]:
+    """Our parameter name (relative to its model) -> the HF key(s) holding it in format `fmt`."""
     local = name[len("bert."):] if name.startswith("bert.") else name
-    for pattern, hf in _OURS:
+    for pattern, hf in fmt.patterns:
         m = pattern.match(local)
         if m:
             parts = (hf,) if isinstance(hf, str) else hf
-            prefix = ENCODER_PREFIX if is_encoder_param else ""
+            prefix = fmt.encoder_prefix if is_encoder_param else ""
             return tuple(prefix + p.format(**m.groupdict()) for p in parts)
-    raise KeyError(f"no HuggingFace name for parameter {name!r}: add it to KEY_MAP")
+    table = "KEY_MAP" if fmt is FORMATS["bert"] else "ELECTRA_KEY_MAP"
+    raise KeyError(f"no HuggingFace name for parameter {name!r}: add it to {table}")
 
 
 def save_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -165,17 +204,25 @@ class LoadReport:
 def load_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source: str) -> LoadReport:
     """Copy HF-named tensors into `model`; shapes are checked, the rest reported."""
     hf_state = {_normalize_hf_key(k): v for k, v in hf_state.items() if not IGNORED_HF_KEYS.match(k)}
+    fmt = format_of(model.config)
+    prefix = fmt.encoder_prefix
     is_encoder_only = not hasattr(model, "bert")
-    if is_encoder_only:  # a bare BertModel: drop the "bert." of a task checkpoint
-        hf_state = {k[len(ENCODER_PREFIX):]: v for k, v in hf_state.items() if k.startswith(ENCODER_PREFIX)} or hf_state
-    elif not any(k.startswith(ENCODER_PREFIX) for k in hf_state):  # a bare BertModel checkpoint under a head
-        hf_state = {(ENCODER_PREFIX + k if k.startswith(("embeddings.", "encoder.", "pooler.")) else k): v
-                    for k, v in hf_state.items()}
+    if is_encoder_only:  # a bare BertModel: drop the "bert." (or "electra.") of a task checkpoint
+        hf_state = {k[len(prefix):]: v for k, v in hf_state.items() if k.startswith(prefix)} or hf_state
+    elif not any(k.startswith(prefix) for k in hf_state):  # a bare BertModel checkpoint under a head
+        encoder_keys = ("embeddings.", "embeddings_project.", "encoder.", "pooler.")
+        hf_state = {(prefix + k if k.startswith(encoder_keys) else k): v for k, v in hf_state.items()}
     report = LoadReport()
     used: set[str] = set()
     with torch.no_grad():
         for name, param in model.state_dict().items():
-            hf_keys = to_hf_keys(name, is_encoder_param=not is_encoder_only and name.startswith("bert."))
+            try:
+                hf_keys = to_hf_keys(name, not is_encoder_only and name.startswith("bert."), fmt)
+            except KeyError:
+                raise BertkitError(f"{source}: {type(model).__name__} does not load from this "
+                                   f"{config_kind(model.config)} checkpoint (its {name} has no name in that format)",
+                                   hint="load it into a class of that format: fine-tuning heads and BertModel read "
+                                        "both BERT and ELECTRA; ELECTRA pre-training is bertkit.electra") from None
             if not all(k in hf_state for k in hf_keys):
                 report.missing.append(name)
                 report.missing_files_keys[name] = [k for k in hf_keys if k not in hf_state]
@@ -195,8 +242,9 @@ def _shape_error(name, hf_key, got, want, config: BertConfig, source: str) -> Be
             f"{source}: the word embedding matrix has {got[0]} rows but config.json says vocab_size={config.vocab_size}",
             hint=f"set vocab_size to {got[0]} in config.json, or use the config that came with these weights")
     if name.endswith("embeddings.word.weight") and got[0] == config.vocab_size:  # the width disagrees
+        width = "embedding_size" if hasattr(config, "embedding_size") else "hidden_size"
         return BertkitError(f"{source}: the word embeddings are {got[1]} wide but config.json says "
-                            f"hidden_size={config.hidden_size}",
+                            f"{width}={want[1]}",
                             hint="config.json does not describe these weights: use the config saved with them")
     return BertkitError(f"{source}: tensor {hf_key} has shape {list(got)}, the config expects {list(want)}",
                         hint="config.json does not describe these weights: use the config saved with them")
@@ -218,7 +266,7 @@ class PretrainedMixin:
         if not os.path.isdir(directory):
             raise BertkitError(f"{directory}: model directory not found",
                                hint="pass a directory holding config.json and model.safetensors")
-        config = BertConfig.load(os.path.join(directory, CONFIG_NAME))
+        config = load_config(os.path.join(directory, CONFIG_NAME))  # an ElectraConfig for an ELECTRA directory
         for key, value in config_overrides.items():
             setattr(config, key, value)
         config.__post_init__()
@@ -234,7 +282,8 @@ class PretrainedMixin:
             keys = [k for n in encoder for k in model.load_report.missing_files_keys[n]]
             raise BertkitError(f"{source}: the encoder weights {', '.join(keys[:3])}"
                                f"{f' (and {len(keys) - 3} more)' if len(keys) > 3 else ''} are missing",
-                               hint="the file is damaged or not a BERT checkpoint; restore it from the original")
+                               hint=f"the file is damaged or not a {config_kind(config)} checkpoint; "
+                                    "restore it from the original")
         if model.load_report.missing or model.load_report.unused:
             log.info("%s from %s: %s", cls.__name__, directory, model.load_report)
         return model
@@ -242,9 +291,10 @@ class PretrainedMixin:
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """This model's tensors under HuggingFace's names (fused q/k/v split again)."""
         is_encoder_only = not hasattr(self, "bert")
+        fmt = format_of(self.config)
         out = {}
         for name, tensor in self.state_dict().items():
-            hf_keys = to_hf_keys(name, is_encoder_param=not is_encoder_only and name.startswith("bert."))
+            hf_keys = to_hf_keys(name, not is_encoder_only and name.startswith("bert."), fmt)
             for key, part in zip(hf_keys, tensor.chunk(len(hf_keys))):
                 out[key] = part
         return out
@@ -278,6 +328,7 @@ def resolve_model_dir(path: str) -> str:
 
 def load_model(directory: str, **kwargs):
     """Load a directory into the class its config names (architectures[0]), BertModel by default."""
+    from bertkit.electra import ELECTRA_CLASSES
     from bertkit.model import MODEL_CLASSES, BertModel
 
     config_path = os.path.join(directory, CONFIG_NAME)
@@ -288,4 +339,4 @@ def load_model(directory: str, **kwargs):
                 arch = (json.load(f).get("architectures") or [None])[0]
         except (ValueError, AttributeError):
             pass  # BertConfig.load reports the bad file
-    return MODEL_CLASSES.get(arch, BertModel).from_pretrained(directory, **kwargs)
+    return {**MODEL_CLASSES, **ELECTRA_CLASSES}.get(arch, BertModel).from_pretrained(directory, **kwargs)

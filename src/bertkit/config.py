@@ -12,13 +12,15 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from bertkit.errors import BertkitError
 
 
 @dataclass
 class BertConfig:
+    model_type: ClassVar[str] = "bert"  # config.json's model_type; it also picks the checkpoint format (checkpoint.py)
+
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -78,7 +80,7 @@ class BertConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        d = {**self.extra, **d, "model_type": "bert", "position_embedding_type": "absolute"}
+        d = {**self.extra, **d, "model_type": self.model_type, "position_embedding_type": "absolute"}
         if self.id2label is None:
             for key in ("id2label", "problem_type", "classifier_dropout"):
                 if d[key] is None:
@@ -135,16 +137,49 @@ class BertConfig:
 
     @classmethod
     def load(cls, path: str) -> "BertConfig":
-        if not os.path.isfile(path):
-            raise BertkitError(f"{path}: config file not found", hint="pass a model directory with config.json")
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BertkitError(f"{path}: not valid JSON ({e})", hint="restore config.json from the original model") from None
-        if not isinstance(d, dict):
-            raise BertkitError(f"{path}: expected a JSON object", hint="restore config.json from the original model")
-        return cls.from_dict(d, source=path)
+        return cls.from_dict(_read_config_json(path), source=path)
+
+
+@dataclass
+class ElectraConfig(BertConfig):
+    """A BertConfig plus ELECTRA's embedding width (Clark et al., 2020): the embeddings may be narrower than the
+    encoder (ELECTRA-Small: 128 into 256 hidden), and a linear map `embeddings_project` then widens them. The
+    generator and the discriminator share one embedding table, so both have the discriminator's width."""
+
+    model_type: ClassVar[str] = "electra"
+
+    embedding_size: int | None = None  # None: hidden_size (no projection)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.embedding_size is None:
+            self.embedding_size = self.hidden_size
+        if not _type_ok(self.embedding_size, int) or self.embedding_size < 1:
+            raise BertkitError(f"embedding_size must be a positive integer, got {self.embedding_size!r}",
+                               hint="fix the value in the config file")
+
+
+# config.json's model_type -> the class that reads it; any other model_type reads as a BertConfig, as before.
+CONFIG_CLASSES: dict[str, type[BertConfig]] = {"bert": BertConfig, "electra": ElectraConfig}
+
+
+def load_config(path: str) -> BertConfig:
+    """A model directory's config.json, as the class its model_type names (ElectraConfig for "electra")."""
+    d = _read_config_json(path)
+    return CONFIG_CLASSES.get(d.get("model_type"), BertConfig).from_dict(d, source=path)
+
+
+def _read_config_json(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise BertkitError(f"{path}: config file not found", hint="pass a model directory with config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BertkitError(f"{path}: not valid JSON ({e})", hint="restore config.json from the original model") from None
+    if not isinstance(d, dict):
+        raise BertkitError(f"{path}: expected a JSON object", hint="restore config.json from the original model")
+    return d
 
 
 def _default_labels(id2label: dict[int, str]) -> bool:
@@ -164,7 +199,7 @@ _FIELD_TYPES: dict[str, type] = {
     "intermediate_size": int, "hidden_act": str, "hidden_dropout_prob": float,
     "attention_probs_dropout_prob": float, "max_position_embeddings": int, "type_vocab_size": int,
     "initializer_range": float, "layer_norm_eps": float, "pad_token_id": int, "id2label": dict,
-    "classifier_dropout": float, "problem_type": str,
+    "classifier_dropout": float, "problem_type": str, "embedding_size": int,
 }
 # Written by to_dict from other fields; never stored as extra.
 _DERIVED = {"label2id", "num_labels", "model_type", "position_embedding_type"}

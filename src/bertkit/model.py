@@ -38,19 +38,20 @@ def activation(name: str):
 
 
 class Embeddings(nn.Module):
-    """Token + segment + position embeddings, summed (paper, section 3, figure 2), then LayerNorm."""
+    """Token + segment + position embeddings, summed (paper, section 3, figure 2), then LayerNorm.
+    `width` is hidden_size for BERT; ELECTRA's embeddings may be narrower (config.embedding_size)."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, width: int):
         super().__init__()
-        self.word = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.segment = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.word = nn.Embedding(config.vocab_size, width)
+        self.position = nn.Embedding(config.max_position_embeddings, width)
+        self.segment = nn.Embedding(config.type_vocab_size, width)
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor:
         T = input_ids.shape[-1]
-        x = self.word(input_ids) + self.position.weight[:T]  # (B, T, H)
+        x = self.word(input_ids) + self.position.weight[:T]  # (B, T, E), E = H but for a narrow ELECTRA
         if segment_ids is None:
             x = x + self.segment.weight[0]
         else:
@@ -158,12 +159,15 @@ class EncoderOutput:
 
 
 class BertModel(PretrainedMixin, nn.Module):
-    """The bidirectional Transformer encoder, with the [CLS] pooler."""
+    """The bidirectional Transformer encoder, with the [CLS] pooler. It is ELECTRA's encoder too (electra.py):
+    given an ElectraConfig whose embedding_size differs from hidden_size, a linear map widens the embeddings."""
 
     def __init__(self, config: BertConfig, add_pooler: bool = True):
         super().__init__()
         self.config = config
-        self.embeddings = Embeddings(config)
+        width = getattr(config, "embedding_size", None) or config.hidden_size  # only ElectraConfig has the field
+        self.embeddings = Embeddings(config, width)
+        self.embeddings_project = nn.Linear(width, config.hidden_size) if width != config.hidden_size else None
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooler else None
         self.apply(lambda m: init_weights(m, config.initializer_range))
@@ -177,7 +181,9 @@ class BertModel(PretrainedMixin, nn.Module):
         output_attentions: bool = False,
         unpad: bool = False,  # skip padding between layers; its outputs are then zeros (see Unpadded)
     ) -> EncoderOutput:
-        x = self.embeddings(input_ids, token_type_ids)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, E)
+        if self.embeddings_project is not None:
+            x = self.embeddings_project(x)  # (B, T, H)
         mask = None
         # Without padding the mask is dropped (SDPA's fastest path); under torch.compile that data-dependent
         # test would break the graph, so there the mask is always applied.
