@@ -434,7 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=None, help="AdamW's epsilon (default: the preset's recipe)")
     p.add_argument("--seq-len", type=positive_int, default=128)
     p.add_argument("--objective", choices=["nsp", "none"], default="nsp")
-    p.add_argument("--masking", choices=["token", "whole-word"], default="token")
+    from bertkit.data.masking import MASKERS
+
+    p.add_argument("--masking", choices=list(MASKERS), default="token",
+                   help="which tokens are predicted: " + "; ".join(
+                       f"{name}: {choose.__doc__.splitlines()[0]}" for name, choose in MASKERS.items())
+                   + " (default: token)")
     p.add_argument("--mask-rate", type=float, default=None,
                    help="share of the tokens to predict (each shown as [MASK] 80%% of the time, as a random token "
                         "10%%, unchanged 10%%): 0.15 as the BERT paper, 0.3 as Wettig et al. (2023) and MosaicBERT (default: the preset's recipe)")

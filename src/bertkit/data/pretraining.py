@@ -8,7 +8,8 @@ new masks at no disk cost, and a resumed run sees exactly the samples it would h
   PreparedCorpus        one or more `bertkit prepare` directories, memory-mapped, as one corpus
   make_nsp_instances    [CLS] A [SEP] B [SEP] pairs as token ranges (create_instances_from_document)
   make_packed_instances contiguous windows across documents, for --objective none (as RoBERTa)
-  mask_tokens           choose 15% of the tokens (or mask_rate); 80% [MASK], 10% random, 10% unchanged
+  mask_tokens           choose 15% of the tokens (or mask_rate) with a masker (data/masking.py);
+                        80% [MASK], 10% random, 10% unchanged
   PretrainingDataset    a torch Dataset of unpadded samples; `collate` pads a batch
 
 Instances are (N, 5) or (N, 2) int64 arrays of global token offsets, small enough to rebuild each
@@ -25,6 +26,7 @@ import random
 import numpy as np
 import torch
 
+from bertkit.data.masking import get_masker, replace_chosen
 from bertkit.data.prepare import load_manifest
 from bertkit.errors import BertkitError
 from bertkit.model import IGNORE_INDEX
@@ -220,48 +222,23 @@ def make_packed_instances(corpus: PreparedCorpus, seq_len: int) -> np.ndarray:
 # ---- masking ----
 
 def mask_tokens(input_ids: np.ndarray, special: np.ndarray, rng: np.random.Generator, *, mask_id: int,
-                vocab_size: int, random_token_ids: np.ndarray, max_predictions: int,
-                mask_prob: float = MASK_PROB, word_starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                vocab_size: int, random_token_ids: np.ndarray, max_predictions: int, mask_prob: float = MASK_PROB,
+                word_starts: np.ndarray | None = None, masking: str = "token") -> tuple[np.ndarray, np.ndarray]:
     """Masked-LM inputs and labels for one sequence, as create_masked_lm_predictions.
 
-    input_ids, special, word_starts: (T,). Chooses min(max_predictions, max(1, round(mask_prob *
-    candidates))) of the non-special positions (the original counts [CLS]/[SEP] among the tokens;
-    we count only candidates). Each chosen token becomes [MASK] 80% of the time, a random id from
-    random_token_ids 10%, and stays itself 10% (paper, appendix A.1: the model cannot tell
-    which inputs were replaced, so it keeps a representation of every token).
-
-    With word_starts (False for `##` continuations), whole words are chosen: words in random
-    order, each taken if it still fits in the budget. Unlike the original, which decides
-    80/10/10 per token, a word's tokens share one decision, so a [MASK]ed word is hidden entirely.
+    input_ids, special, word_starts: (T,); word_starts (False for `##` continuations) is needed by the maskers
+    that choose whole words. Chooses min(max_predictions, max(1, round(mask_prob * candidates))) of the
+    non-special positions (the original counts [CLS]/[SEP] among the tokens; we count only candidates) with
+    the masker named `masking` (data/masking.py's MASKERS), then shows them 80/10/10 ([MASK], random, unchanged).
     Returns (masked ids, labels): labels hold the original id at chosen positions, IGNORE_INDEX elsewhere.
     """
     del vocab_size  # random replacements come from random_token_ids, which excludes special ids
     candidates = np.flatnonzero(~special)
     n_predict = min(max_predictions, max(1, round(len(candidates) * mask_prob))) if len(candidates) else 0
-    if word_starts is None:
-        chosen = np.sort(rng.permutation(candidates)[:n_predict])
-        decision = rng.random(len(chosen))
-    else:
-        # A word starts at a non-continuation token, or right after a special one.
-        starts = word_starts[candidates] | np.r_[True, np.diff(candidates) > 1]
-        word_of = np.cumsum(starts) - 1  # (n_candidates,) word index of each candidate
-        word_lengths = np.bincount(word_of)
-        taken, n_taken = np.zeros(len(word_lengths), bool), 0
-        for w in rng.permutation(len(word_lengths)):
-            if n_taken >= n_predict:
-                break
-            if n_taken + word_lengths[w] <= n_predict:
-                taken[w], n_taken = True, n_taken + word_lengths[w]
-        if n_taken == 0 and len(word_lengths):  # every word is longer than the budget: still predict one
-            taken[np.argmin(word_lengths)] = True
-        chosen = candidates[taken[word_of]]
-        decision = rng.random(len(word_lengths))[word_of[taken[word_of]]]
-    masked = input_ids.copy()
+    chosen, unit, n_units = get_masker(masking)(candidates, word_starts, n_predict, rng)
     labels = np.full_like(input_ids, IGNORE_INDEX)
     labels[chosen] = input_ids[chosen]
-    to_mask, to_random = chosen[decision < 0.8], chosen[decision >= 0.9]
-    masked[to_mask] = mask_id
-    masked[to_random] = random_token_ids[rng.integers(0, len(random_token_ids), len(to_random))]
+    masked = replace_chosen(input_ids, chosen, unit, n_units, rng, mask_id, random_token_ids)
     return masked, labels
 
 
@@ -282,8 +259,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
                  max_predictions: int | None = None, seed: int = 0):
         if objective not in ("nsp", "none"):
             raise BertkitError(f"unknown objective {objective!r}", hint="use nsp or none")
-        if masking not in ("token", "whole-word"):
-            raise BertkitError(f"unknown masking {masking!r}", hint="use token or whole-word")
+        get_masker(masking)  # an unknown name fails here, not at the first sample
         if not 0.0 < mask_rate < 1.0:
             raise BertkitError(f"mask rate {mask_rate}: must be between 0 and 1 (exclusive)", hint="e.g. 0.15 or 0.3")
         if vocab_size != corpus.vocab_size:
@@ -335,11 +311,10 @@ class PretrainingDataset(torch.utils.data.Dataset):
         token_type_ids = np.zeros_like(input_ids)
         token_type_ids[len(first) + 2:] = 1
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        word_starts = self.word_start[input_ids] if self.masking == "whole-word" else None
         input_ids, labels = mask_tokens(
             input_ids, self.is_special[input_ids], rng, mask_id=self.mask_id, vocab_size=self.vocab_size,
             random_token_ids=self.random_token_ids, max_predictions=self.max_predictions, mask_prob=self.mask_rate,
-            word_starts=word_starts)
+            word_starts=self.word_start[input_ids], masking=self.masking)
         sample = {"input_ids": input_ids, "token_type_ids": token_type_ids, "labels": labels}
         if self.objective == "nsp":
             sample["next_sentence_label"] = np.int64(row[4])

@@ -104,8 +104,7 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     from bertkit.data.prepare import load_manifest
     from bertkit.tokenizer import Tokenizer
 
-    for choice, allowed in ((cfg.objective, ("nsp", "none")), (cfg.masking, ("token", "whole-word")),
-                            (cfg.precision, PRECISIONS)):
+    for choice, allowed in ((cfg.objective, ("nsp", "none")), (cfg.precision, PRECISIONS)):  # masking: the dataset
         if choice not in allowed:
             raise BertkitError(f"{choice!r} is not one of {', '.join(allowed)}", hint="see bertkit pretrain --help")
     for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "save_every"):
