@@ -1,4 +1,5 @@
-"""Pre-training samples from prepared data: sentence pairs for next-sentence prediction, and masking.
+"""Pre-training samples from prepared data: sentence pairs for next-sentence prediction, contiguous windows,
+and masking.
 
 Follows the BERT paper (Devlin et al., 2018, section 3.1 and appendix A.1) and Google's
 create_pretraining_data.py, with one difference: pairs and masks are made on the fly each epoch
@@ -11,6 +12,8 @@ new masks at no disk cost, and a resumed run sees exactly the samples it would h
   mask_tokens           choose 15% of the tokens (or mask_rate) with a masker (data/masking.py);
                         80% [MASK], 10% random, 10% unchanged
   PretrainingDataset    a torch Dataset of unpadded samples; `collate` pads a batch
+
+Which instances a run uses, and which label its pairs carry, is its objective's (bertkit/objectives.py).
 
 Instances are (N, 5) or (N, 2) int64 arrays of global token offsets, small enough to rebuild each
 epoch; the tokens stay on disk. Left out on purpose: padding to a fixed length and packing
@@ -30,6 +33,7 @@ from bertkit.data.masking import get_masker, replace_chosen
 from bertkit.data.prepare import load_manifest
 from bertkit.errors import BertkitError
 from bertkit.model import IGNORE_INDEX
+from bertkit.objectives import get_objective
 
 MASK_PROB = 0.15  # share of tokens the model predicts (BERT paper, section 3.1); `pretrain --mask-rate` changes it
 NSP_RANDOM_PROB = 0.5  # share of pairs whose B is a random sentence run (section 3.1, "Task #2")
@@ -245,20 +249,22 @@ def mask_tokens(input_ids: np.ndarray, special: np.ndarray, rng: np.random.Gener
 # ---- the dataset ----
 
 class PretrainingDataset(torch.utils.data.Dataset):
-    """Unpadded samples of a PreparedCorpus: [CLS] A [SEP] B [SEP] (objective "nsp") or [CLS] window [SEP] ("none").
+    """Unpadded samples of a PreparedCorpus, as the objective's instances make them (bertkit/objectives.py):
+    [CLS] A [SEP] B [SEP] pairs ("nsp") or [CLS] window [SEP] ("none").
 
     Each sample is a dict of int64 numpy arrays: input_ids, token_type_ids (0 through the first
-    [SEP], 1 after), labels (IGNORE_INDEX where not masked), and for NSP next_sentence_label
-    (0 IsNext, 1 NotNext, as transformers). Sample i of epoch e is masked with the generator
-    seeded by (seed, e, i), so it is the same whichever worker, batch or resumed run asks for it.
+    [SEP], 1 after), labels (IGNORE_INDEX where not masked), and for pairs the objective's pair label
+    (next_sentence_label: 0 IsNext, 1 NotNext, as transformers).
+    Sample i of epoch e is masked with the generator seeded by (seed, e, i), so it is the same whichever
+    worker, batch or resumed run asks for it.
     """
 
     def __init__(self, corpus: PreparedCorpus, *, cls_id: int, sep_id: int, pad_id: int, mask_id: int,
                  special_ids, vocab_size: int, continuation_mask: np.ndarray, seq_len: int,
                  objective: str = "nsp", masking: str = "token", mask_rate: float = MASK_PROB,
                  max_predictions: int | None = None, seed: int = 0):
-        if objective not in ("nsp", "none"):
-            raise BertkitError(f"unknown objective {objective!r}", hint="use nsp or none")
+        entry = get_objective(objective)
+        self.make_instances, self.pair_label = entry.instances, entry.pair_label
         get_masker(masking)  # an unknown name fails here, not at the first sample
         if not 0.0 < mask_rate < 1.0:
             raise BertkitError(f"mask rate {mask_rate}: must be between 0 and 1 (exclusive)", hint="e.g. 0.15 or 0.3")
@@ -291,10 +297,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         if epoch == self.epoch:
             return
-        if self.objective == "nsp":
-            self.instances = make_nsp_instances(self.corpus, self.seq_len, self.seed, epoch)
-        elif self.epoch is None:  # windows do not change between epochs; only their masks do
-            self.instances = make_packed_instances(self.corpus, self.seq_len)
+        self.instances = self.make_instances(self.corpus, self.seq_len, self.seed, epoch)
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -304,10 +307,10 @@ class PretrainingDataset(torch.utils.data.Dataset):
         row = self.instances[i]
         cls, sep = np.array([self.cls_id]), np.array([self.sep_id])
         first = self.corpus.tokens(row[0], row[1])
-        if self.objective == "nsp":
-            input_ids = np.concatenate([cls, first, sep, self.corpus.tokens(row[2], row[3]), sep])
-        else:
+        if self.pair_label is None:
             input_ids = np.concatenate([cls, first, sep])
+        else:
+            input_ids = np.concatenate([cls, first, sep, self.corpus.tokens(row[2], row[3]), sep])
         token_type_ids = np.zeros_like(input_ids)
         token_type_ids[len(first) + 2:] = 1
         rng = np.random.default_rng([self.seed, self.epoch, i])
@@ -316,14 +319,14 @@ class PretrainingDataset(torch.utils.data.Dataset):
             random_token_ids=self.random_token_ids, max_predictions=self.max_predictions, mask_prob=self.mask_rate,
             word_starts=self.word_start[input_ids], masking=self.masking)
         sample = {"input_ids": input_ids, "token_type_ids": token_type_ids, "labels": labels}
-        if self.objective == "nsp":
-            sample["next_sentence_label"] = np.int64(row[4])
+        if self.pair_label is not None:
+            sample[self.pair_label] = np.int64(row[4])
         return sample
 
 
 def collate(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad a list of samples to the longest: input_ids (B, T) with pad_id, token_type_ids 0,
-    attention_mask (B, T) 1 on real tokens, labels IGNORE_INDEX; next_sentence_label (B,) if present."""
+    attention_mask (B, T) 1 on real tokens, labels IGNORE_INDEX; a pair label (next_sentence_label) as (B,)."""
     length = max(len(s["input_ids"]) for s in samples)
     fills = {"input_ids": pad_id, "token_type_ids": 0, "labels": IGNORE_INDEX}
     batch = {name: torch.full((len(samples), length), fill, dtype=torch.long) for name, fill in fills.items()}
@@ -333,6 +336,6 @@ def collate(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         for name in fills:
             batch[name][row, :n] = torch.from_numpy(np.asarray(sample[name], dtype=np.int64))
         batch["attention_mask"][row, :n] = 1
-    if "next_sentence_label" in samples[0]:
-        batch["next_sentence_label"] = torch.tensor([int(s["next_sentence_label"]) for s in samples], dtype=torch.long)
+    for name in samples[0].keys() - fills.keys():  # one label per sample
+        batch[name] = torch.tensor([int(s[name]) for s in samples], dtype=torch.long)
     return batch
