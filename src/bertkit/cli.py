@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("pretrain", help="pre-train with MLM + NSP or MLM alone (resumable; torchrun for DDP)",
+    p = sub.add_parser("pretrain", help="pre-train with MLM + NSP, SOP or MLM alone (resumable; torchrun for DDP)",
                        epilog=EXIT_STATUS)
     p.add_argument("--data", nargs="+", required=True, help="prepared-data directories (several combine)")
     p.add_argument("--out", required=True, help="run directory: metrics.jsonl, checkpoints/, model/")

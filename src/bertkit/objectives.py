@@ -5,6 +5,7 @@ and named statistics are, and how the trained model is saved. The data (data/pre
 (train/pretrain.py) only look entries up; neither knows an objective's name or its statistics.
 
   nsp   masked LM + next-sentence prediction (BERT paper, section 3.1), the default
+  sop   masked LM + sentence-order prediction (ALBERT, Lan et al., 2020, section 3.1): the same [CLS] head as NSP
   none  masked LM alone, on contiguous full-sentence windows (RoBERTa, Liu et al., 2019, section 4.2)
 
 Masking (which tokens are predicted) is an axis of its own: data/masking.py's MASKERS.
@@ -53,6 +54,12 @@ def nsp_pairs(corpus, seq_len, seed, epoch):
     from bertkit.data.pretraining import make_nsp_instances
 
     return make_nsp_instances(corpus, seq_len, seed, epoch)
+
+
+def sop_pairs(corpus, seq_len, seed, epoch):
+    from bertkit.data.pretraining import make_sop_instances
+
+    return make_sop_instances(corpus, seq_len, seed, epoch)
 
 
 def packed_windows(corpus, seq_len, seed, epoch):
@@ -108,6 +115,12 @@ OBJECTIVES: dict[str, Objective] = {
         model=bert_for_pretraining, step=partial(pair_step, name="nsp", label_key="next_sentence_label"),
         loss_weights={"mlm_loss": 1.0, "nsp_loss": 1.0},
         min_documents=2),  # a random B comes from another document
+    "sop": Objective(
+        help="masked LM + sentence-order prediction, as ALBERT (B is A's true next segment, swapped half of the "
+             "time; needs documents of several sentences)",
+        instances=sop_pairs, pair_label="sentence_order_label",  # 0 in order, 1 swapped (HuggingFace's ALBERT)
+        model=bert_for_pretraining, step=partial(pair_step, name="sop", label_key="sentence_order_label"),
+        loss_weights={"mlm_loss": 1.0, "sop_loss": 1.0}),
     "none": Objective(
         help="masked LM alone on contiguous windows across sentences and documents, as RoBERTa; trains and saves a "
              "BertForMaskedLM (no pooler, no NSP head)",

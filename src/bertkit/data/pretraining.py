@@ -1,5 +1,5 @@
-"""Pre-training samples from prepared data: sentence pairs for next-sentence prediction, contiguous windows,
-and masking.
+"""Pre-training samples from prepared data: sentence pairs (next-sentence and sentence-order prediction),
+contiguous windows, and masking.
 
 Follows the BERT paper (Devlin et al., 2018, section 3.1 and appendix A.1) and Google's
 create_pretraining_data.py, with one difference: pairs and masks are made on the fly each epoch
@@ -8,6 +8,7 @@ new masks at no disk cost, and a resumed run sees exactly the samples it would h
 
   PreparedCorpus        one or more `bertkit prepare` directories, memory-mapped, as one corpus
   make_nsp_instances    [CLS] A [SEP] B [SEP] pairs as token ranges (create_instances_from_document)
+  make_sop_instances    pairs of adjacent segments of one document, swapped half of the time (as ALBERT)
   make_packed_instances contiguous windows across documents, for --objective none (as RoBERTa)
   mask_tokens           choose 15% of the tokens (or mask_rate) with a masker (data/masking.py);
                         80% [MASK], 10% random, 10% unchanged
@@ -212,6 +213,56 @@ def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Rand
             longer[1] -= 1
 
 
+def make_sop_instances(corpus: PreparedCorpus, seq_len: int, seed: int, epoch: int,
+                       short_seq_prob: float = 0.1) -> np.ndarray:
+    """Sentence-order pairs (ALBERT, Lan et al., 2020, section 3.1): (N, 5) int64 rows [first_start, first_end,
+    second_start, second_end, is_swapped], global token offsets.
+
+    Chunks of whole sentences as make_nsp_instances (same targets, short_seq_prob included), but of at least
+    two sentences: A is the chunk's first 1..n-1 sentences and B the rest, so B is A's true next segment, from
+    the same document; half of the pairs are shown swapped, B first (is_swapped=1). ALBERT's code gives a
+    one-sentence chunk a B from another document; here a document of one sentence gives no pair, nor does a
+    last sentence left alone after a full chunk. The pair is trimmed to seq_len - 3 tokens from its outer
+    ends only (A's front, B's back), so the two segments stay adjacent to the token.
+    """
+    max_tokens = seq_len - 3
+    if max_tokens < 2:
+        raise BertkitError(f"--seq-len {seq_len} is too short for a sentence pair", hint="use at least 5")
+    rng = random.Random(f"sop/{seed}/{epoch}")
+    starts = corpus.sentence_starts.tolist()  # Python ints: this loop runs once per sentence
+    doc_starts = corpus.document_starts.tolist()
+    rows = []
+    for d in range(len(doc_starts) - 1):
+        chunk_start, doc_end = doc_starts[d], doc_starts[d + 1]
+        target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
+        i = chunk_start + 1  # the chunk's last sentence: at least its second
+        while i < doc_end:
+            if i < doc_end - 1 and starts[i + 1] - starts[chunk_start] < target:
+                i += 1
+                continue
+            a_end = chunk_start + rng.randint(1, i - chunk_start)
+            a, b = [starts[chunk_start], starts[a_end]], [starts[a_end], starts[i + 1]]
+            while (a[1] - a[0]) + (b[1] - b[0]) > max_tokens:
+                if a[1] - a[0] > b[1] - b[0]:
+                    a[0] += 1
+                else:
+                    b[1] -= 1
+            if rng.random() < 0.5:  # ALBERT: swapped half of the time
+                rows.append((b[0], b[1], a[0], a[1], 1))
+            else:
+                rows.append((a[0], a[1], b[0], b[1], 0))
+            chunk_start = i + 1
+            i = chunk_start + 1
+            target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
+    if not rows:
+        raise BertkitError(f"{', '.join(corpus.dirs)} ({corpus.split}): no document has two or more sentences, and "
+                           "sentence-order prediction pairs a segment with the next one of the same document",
+                           hint="use --objective none, or prepare text whose documents hold several sentences "
+                                "(blank lines between documents)")
+    rng.shuffle(rows)
+    return np.array(rows, dtype=np.int64).reshape(-1, 5)
+
+
 def make_packed_instances(corpus: PreparedCorpus, seq_len: int) -> np.ndarray:
     """Windows of seq_len - 2 consecutive tokens (room for [CLS] and [SEP]), running across
     document boundaries as RoBERTa's FULL-SENTENCES input does: (N, 2) rows [start, end); the
@@ -250,11 +301,11 @@ def mask_tokens(input_ids: np.ndarray, special: np.ndarray, rng: np.random.Gener
 
 class PretrainingDataset(torch.utils.data.Dataset):
     """Unpadded samples of a PreparedCorpus, as the objective's instances make them (bertkit/objectives.py):
-    [CLS] A [SEP] B [SEP] pairs ("nsp") or [CLS] window [SEP] ("none").
+    [CLS] A [SEP] B [SEP] pairs ("nsp", "sop") or [CLS] window [SEP] ("none").
 
     Each sample is a dict of int64 numpy arrays: input_ids, token_type_ids (0 through the first
     [SEP], 1 after), labels (IGNORE_INDEX where not masked), and for pairs the objective's pair label
-    (next_sentence_label: 0 IsNext, 1 NotNext, as transformers).
+    (next_sentence_label: 0 IsNext, 1 NotNext, as transformers; sentence_order_label: 0 in order, 1 swapped).
     Sample i of epoch e is masked with the generator seeded by (seed, e, i), so it is the same whichever
     worker, batch or resumed run asks for it.
     """
@@ -326,7 +377,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
 
 def collate(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad a list of samples to the longest: input_ids (B, T) with pad_id, token_type_ids 0,
-    attention_mask (B, T) 1 on real tokens, labels IGNORE_INDEX; a pair label (next_sentence_label) as (B,)."""
+    attention_mask (B, T) 1 on real tokens, labels IGNORE_INDEX; a pair label (next_sentence_label,
+    sentence_order_label) as (B,)."""
     length = max(len(s["input_ids"]) for s in samples)
     fills = {"input_ids": pad_id, "token_type_ids": 0, "labels": IGNORE_INDEX}
     batch = {name: torch.full((len(samples), length), fill, dtype=torch.long) for name, fill in fills.items()}
