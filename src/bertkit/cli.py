@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="; ".join(f"{name}: {o.help}" for name, o in OBJECTIVES.items()) + " (default: nsp)")
     p.add_argument("--masking", choices=list(MASKERS), default="token",
                    help="which tokens are predicted: " + "; ".join(
-                       f"{name}: {choose.__doc__.splitlines()[0]}" for name, choose in MASKERS.items())
+                       f"{name}: {' '.join(choose.__doc__.split())}" for name, choose in MASKERS.items())
                    + " (default: token)")
     p.add_argument("--mask-rate", type=float, default=None,
                    help="share of the tokens to predict (each shown as [MASK] 80%% of the time, as a random token "

@@ -13,7 +13,7 @@ one 80/10/10 step (`replace_chosen`). A masker is
                  a span) are all [MASK]ed, all replaced by random tokens, or all kept
     n_units      how many decisions to draw (units may go unused: the whole-word masker draws one per word)
 
-The first line of each masker's docstring is its `bertkit pretrain --help` text. Numpy only, no torch: the
+Each masker's docstring is its `bertkit pretrain --help` text. Numpy only, no torch: the
 `bertkit` command lists the names before torch loads. The labels and the budget (`mask_tokens`) are in
 data/pretraining.py. Left out on purpose: SpanBERT's span boundary objective (SBO), which predicts each
 masked token from the span's two boundary tokens and its position; `span` is SpanBERT's masking alone.
@@ -69,7 +69,8 @@ def choose_whole_words(candidates, word_starts, n_predict, rng):
 
 
 def choose_spans(candidates, word_starts, n_predict, rng):
-    """spans of whole words, geometric lengths (p 0.2, at most 10 words), one 80/10/10 choice per span, as SpanBERT"""
+    """spans of whole words, geometric lengths (p 0.2, at most 10 words), one 80/10/10 choice per span, as SpanBERT
+    (without its span boundary objective)"""
     # As SpanBERT's masking: draw a length, then an anchor token, widened to its word; the span takes that word
     # and the ones after it, until it has its length. It also stops before a word that would not fit in the
     # budget, a word already taken, or a special token ([SEP] between the segments): spans never cut a word,
