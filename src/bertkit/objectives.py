@@ -10,6 +10,12 @@ and named statistics are, and how the trained model is saved. The data (data/pre
 
 Masking (which tokens are predicted) is an axis of its own: data/masking.py's MASKERS.
 
+A new objective is one more entry and its functions. ELECTRA's replaced-token detection, say: instances
+packed_windows, pair_label None; model, a class holding generator and discriminator (cls(config),
+from_pretrained and save_pretrained for run checkpoints and --init); step, the generator's masked LM and the
+discriminator's per-token loss as {"mlm_loss", "mlm_accuracy", "rtd_loss", "rtd_accuracy"}; loss_weights
+{"mlm_loss": 1.0, "rtd_loss": 50.0} (the paper's lambda); save, the discriminator alone.
+
 This module loads without torch (the `bertkit` command lists the names and their help before torch loads),
 so each function imports what it uses when it is called.
 """
@@ -31,7 +37,7 @@ def save_pretrained(model, directory: str) -> None:
 class Objective:
     """One pre-training objective. Statistics are {name: (sum, count)}, summed by the loop over micro-batches,
     ranks and a logging window and logged as sum / count under their names (metrics.jsonl): names end in
-    _loss or _accuracy (the progress bar shows the accuracies). A sum may be a 0-d tensor: the loop reads it
+    _loss or _accuracy (the progress bar and curves.png show the accuracies). A sum may be a 0-d tensor: the loop reads it
     after the backward pass, so that a GPU is not made to wait for it first (a loss sum in float64, so that
     it is the same number as loss.item() * count)."""
 
