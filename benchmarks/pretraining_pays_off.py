@@ -130,19 +130,23 @@ def stop(signum, frame):
 
 
 def run_pretraining(args) -> None:
-    """`bertkit pretrain --budget` into OUT/pretrain, continued with --resume when a checkpoint is there;
-    a finished run (OUT/pretrain/model) is used as it is."""
-    run = os.path.join(args.out, "pretrain")
+    """`bertkit pretrain --budget` into OUT/pretrain (the run), log in OUT/pretrain.log."""
+    pretrain_into(os.path.join(args.out, "pretrain"), args.pretrain_data, args.pretrain_budget,
+                  shlex.split(args.pretrain_args), os.path.join(args.out, "pretrain.log"))
+
+
+def pretrain_into(run: str, data: list[str], budget: str, options: list[str], log: str) -> None:
+    """`bertkit pretrain --data DATA --out RUN --budget BUDGET OPTIONS`, continued with --resume when a checkpoint
+    is there; a finished run (RUN/model) is used as it is. Ctrl-C or SIGTERM stops it with a checkpoint."""
     model = os.path.join(run, "model")
     if os.path.isfile(os.path.join(model, "config.json")):
         print(f"pre-training: using the finished run in {run}", file=sys.stderr)
         return
-    log = os.path.join(args.out, "pretrain.log")
-    command = [sys.executable, "-m", "bertkit", "pretrain", "--data", *args.pretrain_data, "--out", run,
-               "--budget", args.pretrain_budget, "--quiet", *shlex.split(args.pretrain_args)]
+    command = [sys.executable, "-m", "bertkit", "pretrain", "--data", *data, "--out", run,
+               "--budget", budget, "--quiet", *options]
     if os.path.isdir(os.path.join(run, "checkpoints")):
         command.append("--resume")
-    print(f"pre-training for {args.pretrain_budget}: {shlex.join(command)} (log: {log})", file=sys.stderr, flush=True)
+    print(f"pre-training for {budget}: {shlex.join(command)} (log: {log})", file=sys.stderr, flush=True)
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"$ {shlex.join(command)}\n")
         f.flush()
