@@ -149,7 +149,8 @@ def test_whole_word_masking_exact_and_complete_words():
     word_starts = np.array([1, 1, 0, 0, 1, 1, 0, 1, 1, 0, 0, 0, 1, 1], bool)
     for seed in range(200):
         masked, labels = mask_tokens(input_ids, special, np.random.default_rng(seed), mask_id=4, vocab_size=30,
-                                     random_token_ids=np.arange(5, 30), max_predictions=20, word_starts=word_starts)
+                                     random_token_ids=np.arange(5, 30), max_predictions=20, word_starts=word_starts,
+                                     masking="whole-word")
         chosen = set(np.flatnonzero(labels != IGNORE_INDEX).tolist())
         assert 1 <= len(chosen) <= 2
         words = [{1, 2, 3}, {4}, {5, 6}, {7}, {8, 9, 10, 11}, {12}]
@@ -157,7 +158,8 @@ def test_whole_word_masking_exact_and_complete_words():
         for word in (w for w in words if w <= chosen):
             assert len({masked[p] == 4 for p in word}) == 1  # one 80/10/10 decision per word
     masked, labels = mask_tokens(input_ids, special, np.random.default_rng(3), mask_id=4, vocab_size=30,
-                                 random_token_ids=np.arange(5, 30), max_predictions=20, word_starts=word_starts)
+                                 random_token_ids=np.arange(5, 30), max_predictions=20, word_starts=word_starts,
+                                 masking="whole-word")
     assert np.flatnonzero(labels != IGNORE_INDEX).tolist() == [5, 6]
     assert masked.tolist() == [2, 5, 6, 7, 8, 4, 4, 11, 12, 13, 14, 15, 16, 3]
 
@@ -480,7 +482,7 @@ def test_whole_word_masking_chooses_at_least_one_word():
     word_starts = np.array([True, False, False, True, False, False, True, False])  # words of 3, 3, 2 pieces
     for _ in range(20):
         _, labels = mask_tokens(ids, special, rng, mask_id=4, vocab_size=100, random_token_ids=np.arange(5, 100),
-                                max_predictions=1, word_starts=word_starts)
+                                max_predictions=1, word_starts=word_starts, masking="whole-word")
         assert (labels != -100).tolist() == [False] * 6 + [True, True]  # the shortest word, whole
 
 

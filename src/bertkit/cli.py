@@ -409,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("pretrain", help="pre-train with MLM + NSP (resumable; torchrun for DDP)", epilog=EXIT_STATUS)
+    p = sub.add_parser("pretrain", help="pre-train with MLM + NSP, SOP or MLM alone (resumable; torchrun for DDP)",
+                       epilog=EXIT_STATUS)
     p.add_argument("--data", nargs="+", required=True, help="prepared-data directories (several combine)")
     p.add_argument("--out", required=True, help="run directory: metrics.jsonl, checkpoints/, model/")
     p.add_argument("--model-config", default=None,
@@ -433,8 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AdamW's betas (default: the preset's recipe)")
     p.add_argument("--eps", type=float, default=None, help="AdamW's epsilon (default: the preset's recipe)")
     p.add_argument("--seq-len", type=positive_int, default=128)
-    p.add_argument("--objective", choices=["nsp", "none"], default="nsp")
-    p.add_argument("--masking", choices=["token", "whole-word"], default="token")
+    from bertkit.data.masking import MASKERS
+    from bertkit.objectives import OBJECTIVES
+
+    p.add_argument("--objective", choices=list(OBJECTIVES), default="nsp",
+                   help="; ".join(f"{name}: {o.help}" for name, o in OBJECTIVES.items()) + " (default: nsp)")
+    p.add_argument("--masking", choices=list(MASKERS), default="token",
+                   help="which tokens are predicted: " + "; ".join(
+                       f"{name}: {' '.join(choose.__doc__.split())}" for name, choose in MASKERS.items())
+                   + " (default: token)")
     p.add_argument("--mask-rate", type=float, default=None,
                    help="share of the tokens to predict (each shown as [MASK] 80%% of the time, as a random token "
                         "10%%, unchanged 10%%): 0.15 as the BERT paper, 0.3 as Wettig et al. (2023) and MosaicBERT (default: the preset's recipe)")

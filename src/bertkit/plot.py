@@ -1,4 +1,5 @@
-"""Training curves from metrics.jsonl: loss, MLM and NSP accuracy, learning rate and throughput per step.
+"""Training curves from metrics.jsonl: loss, the objective's accuracies (MLM, NSP, SOP, ...), learning rate and
+throughput per step.
 
 Several run directories are overlaid; held-out (validation) points are drawn as markers on the same axes.
 """
@@ -11,8 +12,9 @@ import os
 from bertkit.errors import BertkitError
 from bertkit.files import atomic_write
 
-PANELS = [("loss", "loss"), ("mlm_accuracy", "MLM accuracy"), ("nsp_accuracy", "NSP accuracy"),
-          ("lr", "learning rate"), ("tokens_per_s", "tokens / s"), ("samples_per_s", "samples / s")]
+# Between the loss and the learning rate, each pre-training statistic named *_accuracy gets a panel (mlm_accuracy:
+# "MLM accuracy"), whatever the objective; fine-tuning's dev metrics get theirs at the end.
+PANELS = [("loss", "loss"), ("lr", "learning rate"), ("tokens_per_s", "tokens / s"), ("samples_per_s", "samples / s")]
 HELD_OUT = ("validation", "dev")  # pre-training's held-out split, fine-tuning's dev set
 NOT_METRICS = ("step", "epoch", "split", "loss", "lr")
 
@@ -66,7 +68,10 @@ def plot_runs(run_dirs: list[str], out: str, x: str = "step", labels: list[str] 
             raise BertkitError(f"{', '.join(missing)}: the metrics record no wall-clock time ({x_key})",
                                hint="plot them with --x step (runs of bertkit before 2026-12 did not log time_s)")
     names = labels or run_labels(list(runs))
-    panels = [(k, title) for k, title in PANELS if any(k in r for rows in runs.values() for r in rows)]
+    accuracies = dict.fromkeys(k for rows in runs.values() for r in rows if r.get("split") != "dev" for k in r
+                               if k.endswith("_accuracy"))
+    known = PANELS[:1] + [(k, f"{k[:-len('_accuracy')].upper()} accuracy") for k in accuracies] + PANELS[1:]
+    panels = [(k, title) for k, title in known if any(k in r for rows in runs.values() for r in rows)]
     # fine-tuning: each dev metric (accuracy, f1, exact_match, ...) gets a panel of its own
     dev_metrics = {k for rows in runs.values() for r in rows if r.get("split") == "dev" for k, v in r.items()
                    if k not in NOT_METRICS and isinstance(v, (int, float))}

@@ -1,4 +1,5 @@
-"""Pre-training samples from prepared data: sentence pairs for next-sentence prediction, and masking.
+"""Pre-training samples from prepared data: sentence pairs (next-sentence and sentence-order prediction),
+contiguous windows, and masking.
 
 Follows the BERT paper (Devlin et al., 2018, section 3.1 and appendix A.1) and Google's
 create_pretraining_data.py, with one difference: pairs and masks are made on the fly each epoch
@@ -7,9 +8,13 @@ new masks at no disk cost, and a resumed run sees exactly the samples it would h
 
   PreparedCorpus        one or more `bertkit prepare` directories, memory-mapped, as one corpus
   make_nsp_instances    [CLS] A [SEP] B [SEP] pairs as token ranges (create_instances_from_document)
+  make_sop_instances    pairs of adjacent segments of one document, swapped half of the time (as ALBERT)
   make_packed_instances contiguous windows across documents, for --objective none (as RoBERTa)
-  mask_tokens           choose 15% of the tokens (or mask_rate); 80% [MASK], 10% random, 10% unchanged
+  mask_tokens           choose 15% of the tokens (or mask_rate) with a masker (data/masking.py);
+                        80% [MASK], 10% random, 10% unchanged
   PretrainingDataset    a torch Dataset of unpadded samples; `collate` pads a batch
+
+Which instances a run uses, and which label its pairs carry, is its objective's (bertkit/objectives.py).
 
 Instances are (N, 5) or (N, 2) int64 arrays of global token offsets, small enough to rebuild each
 epoch; the tokens stay on disk. Left out on purpose: padding to a fixed length and packing
@@ -25,9 +30,11 @@ import random
 import numpy as np
 import torch
 
+from bertkit.data.masking import get_masker, replace_chosen
 from bertkit.data.prepare import load_manifest
 from bertkit.errors import BertkitError
 from bertkit.model import IGNORE_INDEX
+from bertkit.objectives import get_objective
 
 MASK_PROB = 0.15  # share of tokens the model predicts (BERT paper, section 3.1); `pretrain --mask-rate` changes it
 NSP_RANDOM_PROB = 0.5  # share of pairs whose B is a random sentence run (section 3.1, "Task #2")
@@ -206,6 +213,56 @@ def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Rand
             longer[1] -= 1
 
 
+def make_sop_instances(corpus: PreparedCorpus, seq_len: int, seed: int, epoch: int,
+                       short_seq_prob: float = 0.1) -> np.ndarray:
+    """Sentence-order pairs (ALBERT, Lan et al., 2020, section 3.1): (N, 5) int64 rows [first_start, first_end,
+    second_start, second_end, is_swapped], global token offsets.
+
+    Chunks of whole sentences as make_nsp_instances (same targets, short_seq_prob included), but of at least
+    two sentences: A is the chunk's first 1..n-1 sentences and B the rest, so B is A's true next segment, from
+    the same document; half of the pairs are shown swapped, B first (is_swapped=1). ALBERT's code gives a
+    one-sentence chunk a B from another document; here a document of one sentence gives no pair, nor does a
+    last sentence left alone after a full chunk. The pair is trimmed to seq_len - 3 tokens from its outer
+    ends only (A's front, B's back), so the two segments stay adjacent to the token.
+    """
+    max_tokens = seq_len - 3
+    if max_tokens < 2:
+        raise BertkitError(f"--seq-len {seq_len} is too short for a sentence pair", hint="use at least 5")
+    rng = random.Random(f"sop/{seed}/{epoch}")
+    starts = corpus.sentence_starts.tolist()  # Python ints: this loop runs once per sentence
+    doc_starts = corpus.document_starts.tolist()
+    rows = []
+    for d in range(len(doc_starts) - 1):
+        chunk_start, doc_end = doc_starts[d], doc_starts[d + 1]
+        target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
+        i = chunk_start + 1  # the chunk's last sentence: at least its second
+        while i < doc_end:
+            if i < doc_end - 1 and starts[i + 1] - starts[chunk_start] < target:
+                i += 1
+                continue
+            a_end = chunk_start + rng.randint(1, i - chunk_start)
+            a, b = [starts[chunk_start], starts[a_end]], [starts[a_end], starts[i + 1]]
+            while (a[1] - a[0]) + (b[1] - b[0]) > max_tokens:
+                if a[1] - a[0] > b[1] - b[0]:
+                    a[0] += 1
+                else:
+                    b[1] -= 1
+            if rng.random() < 0.5:  # ALBERT: swapped half of the time
+                rows.append((b[0], b[1], a[0], a[1], 1))
+            else:
+                rows.append((a[0], a[1], b[0], b[1], 0))
+            chunk_start = i + 1
+            i = chunk_start + 1
+            target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
+    if not rows:
+        raise BertkitError(f"{', '.join(corpus.dirs)} ({corpus.split}): no document has two or more sentences, and "
+                           "sentence-order prediction pairs a segment with the next one of the same document",
+                           hint="use --objective none, or prepare text whose documents hold several sentences "
+                                "(blank lines between documents)")
+    rng.shuffle(rows)
+    return np.array(rows, dtype=np.int64).reshape(-1, 5)
+
+
 def make_packed_instances(corpus: PreparedCorpus, seq_len: int) -> np.ndarray:
     """Windows of seq_len - 2 consecutive tokens (room for [CLS] and [SEP]), running across
     document boundaries as RoBERTa's FULL-SENTENCES input does: (N, 2) rows [start, end); the
@@ -220,70 +277,46 @@ def make_packed_instances(corpus: PreparedCorpus, seq_len: int) -> np.ndarray:
 # ---- masking ----
 
 def mask_tokens(input_ids: np.ndarray, special: np.ndarray, rng: np.random.Generator, *, mask_id: int,
-                vocab_size: int, random_token_ids: np.ndarray, max_predictions: int,
-                mask_prob: float = MASK_PROB, word_starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                vocab_size: int, random_token_ids: np.ndarray, max_predictions: int, mask_prob: float = MASK_PROB,
+                word_starts: np.ndarray | None = None, masking: str = "token") -> tuple[np.ndarray, np.ndarray]:
     """Masked-LM inputs and labels for one sequence, as create_masked_lm_predictions.
 
-    input_ids, special, word_starts: (T,). Chooses min(max_predictions, max(1, round(mask_prob *
-    candidates))) of the non-special positions (the original counts [CLS]/[SEP] among the tokens;
-    we count only candidates). Each chosen token becomes [MASK] 80% of the time, a random id from
-    random_token_ids 10%, and stays itself 10% (paper, appendix A.1: the model cannot tell
-    which inputs were replaced, so it keeps a representation of every token).
-
-    With word_starts (False for `##` continuations), whole words are chosen: words in random
-    order, each taken if it still fits in the budget. Unlike the original, which decides
-    80/10/10 per token, a word's tokens share one decision, so a [MASK]ed word is hidden entirely.
+    input_ids, special, word_starts: (T,); word_starts (False for `##` continuations) is needed by the maskers
+    that choose whole words. Chooses min(max_predictions, max(1, round(mask_prob * candidates))) of the
+    non-special positions (the original counts [CLS]/[SEP] among the tokens; we count only candidates) with
+    the masker named `masking` (data/masking.py's MASKERS), then shows them 80/10/10 ([MASK], random, unchanged).
     Returns (masked ids, labels): labels hold the original id at chosen positions, IGNORE_INDEX elsewhere.
     """
     del vocab_size  # random replacements come from random_token_ids, which excludes special ids
     candidates = np.flatnonzero(~special)
     n_predict = min(max_predictions, max(1, round(len(candidates) * mask_prob))) if len(candidates) else 0
-    if word_starts is None:
-        chosen = np.sort(rng.permutation(candidates)[:n_predict])
-        decision = rng.random(len(chosen))
-    else:
-        # A word starts at a non-continuation token, or right after a special one.
-        starts = word_starts[candidates] | np.r_[True, np.diff(candidates) > 1]
-        word_of = np.cumsum(starts) - 1  # (n_candidates,) word index of each candidate
-        word_lengths = np.bincount(word_of)
-        taken, n_taken = np.zeros(len(word_lengths), bool), 0
-        for w in rng.permutation(len(word_lengths)):
-            if n_taken >= n_predict:
-                break
-            if n_taken + word_lengths[w] <= n_predict:
-                taken[w], n_taken = True, n_taken + word_lengths[w]
-        if n_taken == 0 and len(word_lengths):  # every word is longer than the budget: still predict one
-            taken[np.argmin(word_lengths)] = True
-        chosen = candidates[taken[word_of]]
-        decision = rng.random(len(word_lengths))[word_of[taken[word_of]]]
-    masked = input_ids.copy()
+    chosen, unit, n_units = get_masker(masking)(candidates, word_starts, n_predict, rng)
     labels = np.full_like(input_ids, IGNORE_INDEX)
     labels[chosen] = input_ids[chosen]
-    to_mask, to_random = chosen[decision < 0.8], chosen[decision >= 0.9]
-    masked[to_mask] = mask_id
-    masked[to_random] = random_token_ids[rng.integers(0, len(random_token_ids), len(to_random))]
+    masked = replace_chosen(input_ids, chosen, unit, n_units, rng, mask_id, random_token_ids)
     return masked, labels
 
 
 # ---- the dataset ----
 
 class PretrainingDataset(torch.utils.data.Dataset):
-    """Unpadded samples of a PreparedCorpus: [CLS] A [SEP] B [SEP] (objective "nsp") or [CLS] window [SEP] ("none").
+    """Unpadded samples of a PreparedCorpus, as the objective's instances make them (bertkit/objectives.py):
+    [CLS] A [SEP] B [SEP] pairs ("nsp", "sop") or [CLS] window [SEP] ("none").
 
     Each sample is a dict of int64 numpy arrays: input_ids, token_type_ids (0 through the first
-    [SEP], 1 after), labels (IGNORE_INDEX where not masked), and for NSP next_sentence_label
-    (0 IsNext, 1 NotNext, as transformers). Sample i of epoch e is masked with the generator
-    seeded by (seed, e, i), so it is the same whichever worker, batch or resumed run asks for it.
+    [SEP], 1 after), labels (IGNORE_INDEX where not masked), and for pairs the objective's pair label
+    (next_sentence_label: 0 IsNext, 1 NotNext, as transformers; sentence_order_label: 0 in order, 1 swapped).
+    Sample i of epoch e is masked with the generator seeded by (seed, e, i), so it is the same whichever
+    worker, batch or resumed run asks for it.
     """
 
     def __init__(self, corpus: PreparedCorpus, *, cls_id: int, sep_id: int, pad_id: int, mask_id: int,
                  special_ids, vocab_size: int, continuation_mask: np.ndarray, seq_len: int,
                  objective: str = "nsp", masking: str = "token", mask_rate: float = MASK_PROB,
                  max_predictions: int | None = None, seed: int = 0):
-        if objective not in ("nsp", "none"):
-            raise BertkitError(f"unknown objective {objective!r}", hint="use nsp or none")
-        if masking not in ("token", "whole-word"):
-            raise BertkitError(f"unknown masking {masking!r}", hint="use token or whole-word")
+        entry = get_objective(objective)
+        self.make_instances, self.pair_label = entry.instances, entry.pair_label
+        get_masker(masking)  # an unknown name fails here, not at the first sample
         if not 0.0 < mask_rate < 1.0:
             raise BertkitError(f"mask rate {mask_rate}: must be between 0 and 1 (exclusive)", hint="e.g. 0.15 or 0.3")
         if vocab_size != corpus.vocab_size:
@@ -315,10 +348,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         if epoch == self.epoch:
             return
-        if self.objective == "nsp":
-            self.instances = make_nsp_instances(self.corpus, self.seq_len, self.seed, epoch)
-        elif self.epoch is None:  # windows do not change between epochs; only their masks do
-            self.instances = make_packed_instances(self.corpus, self.seq_len)
+        self.instances = self.make_instances(self.corpus, self.seq_len, self.seed, epoch)
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -328,27 +358,27 @@ class PretrainingDataset(torch.utils.data.Dataset):
         row = self.instances[i]
         cls, sep = np.array([self.cls_id]), np.array([self.sep_id])
         first = self.corpus.tokens(row[0], row[1])
-        if self.objective == "nsp":
-            input_ids = np.concatenate([cls, first, sep, self.corpus.tokens(row[2], row[3]), sep])
-        else:
+        if self.pair_label is None:
             input_ids = np.concatenate([cls, first, sep])
+        else:
+            input_ids = np.concatenate([cls, first, sep, self.corpus.tokens(row[2], row[3]), sep])
         token_type_ids = np.zeros_like(input_ids)
         token_type_ids[len(first) + 2:] = 1
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        word_starts = self.word_start[input_ids] if self.masking == "whole-word" else None
         input_ids, labels = mask_tokens(
             input_ids, self.is_special[input_ids], rng, mask_id=self.mask_id, vocab_size=self.vocab_size,
             random_token_ids=self.random_token_ids, max_predictions=self.max_predictions, mask_prob=self.mask_rate,
-            word_starts=word_starts)
+            word_starts=self.word_start[input_ids], masking=self.masking)
         sample = {"input_ids": input_ids, "token_type_ids": token_type_ids, "labels": labels}
-        if self.objective == "nsp":
-            sample["next_sentence_label"] = np.int64(row[4])
+        if self.pair_label is not None:
+            sample[self.pair_label] = np.int64(row[4])
         return sample
 
 
 def collate(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad a list of samples to the longest: input_ids (B, T) with pad_id, token_type_ids 0,
-    attention_mask (B, T) 1 on real tokens, labels IGNORE_INDEX; next_sentence_label (B,) if present."""
+    attention_mask (B, T) 1 on real tokens, labels IGNORE_INDEX; a pair label (next_sentence_label,
+    sentence_order_label) as (B,)."""
     length = max(len(s["input_ids"]) for s in samples)
     fills = {"input_ids": pad_id, "token_type_ids": 0, "labels": IGNORE_INDEX}
     batch = {name: torch.full((len(samples), length), fill, dtype=torch.long) for name, fill in fills.items()}
@@ -358,6 +388,6 @@ def collate(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         for name in fills:
             batch[name][row, :n] = torch.from_numpy(np.asarray(sample[name], dtype=np.int64))
         batch["attention_mask"][row, :n] = 1
-    if "next_sentence_label" in samples[0]:
-        batch["next_sentence_label"] = torch.tensor([int(s["next_sentence_label"]) for s in samples], dtype=torch.long)
+    for name in samples[0].keys() - fills.keys():  # one label per sample
+        batch[name] = torch.tensor([int(s[name]) for s in samples], dtype=torch.long)
     return batch

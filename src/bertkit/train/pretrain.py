@@ -1,8 +1,11 @@
-"""The pre-training loop: MLM + NSP on prepared data, resumable, single process or torchrun DDP.
+"""The pre-training loop: an objective (MLM + NSP by default) on prepared data, resumable, single process or torchrun DDP.
 
 One optimizer step: for each micro-batch, forward under autocast and backward (gradients summed locally
 and, under DDP, averaged over ranks on the last one); clip; skip the step if the gradient is not finite;
 AdamW step with the warmup/decay learning rate; log; maybe evaluate; maybe save.
+
+What is trained is the objective's (bertkit/objectives.py): its samples, its model, its step's loss and named
+statistics {name: (sum, count)}. The loop sums whatever statistics a step returns and logs them by name.
 
 Determinism, which makes resume exact and the rank layout irrelevant: the sample order of an epoch is a
 permutation seeded by (seed, epoch); micro-batch j of step s takes the j-th slice of the step's samples,
@@ -31,7 +34,8 @@ from bertkit.data.pretraining import MASK_PROB as MASK_RATE
 from bertkit.device import PRECISIONS, Precision, oversubscription_note, resolve_precision, to_device
 from bertkit.errors import BertkitError, Interrupted
 from bertkit.files import atomic_write_json, check_output_dir
-from bertkit.model import BertForPreTraining
+from bertkit.model import SelfAttention
+from bertkit.objectives import Objective, get_objective
 from bertkit.train import distributed
 from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
 from bertkit.train.budget import (SECONDS_PER_STEP_ENV, Measurement, format_duration, measurement_override,
@@ -104,10 +108,9 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     from bertkit.data.prepare import load_manifest
     from bertkit.tokenizer import Tokenizer
 
-    for choice, allowed in ((cfg.objective, ("nsp", "none")), (cfg.masking, ("token", "whole-word")),
-                            (cfg.precision, PRECISIONS)):
-        if choice not in allowed:
-            raise BertkitError(f"{choice!r} is not one of {', '.join(allowed)}", hint="see bertkit pretrain --help")
+    objective = get_objective(cfg.objective)  # the masking is looked up by the dataset, below
+    if cfg.precision not in PRECISIONS:
+        raise BertkitError(f"{cfg.precision!r} is not one of {', '.join(PRECISIONS)}", hint="see bertkit pretrain --help")
     for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "save_every"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise BertkitError(f"--{name.replace('_', '-')} must be at least 1", hint="pass a positive number")
@@ -131,8 +134,9 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     for d in cfg.data:
         load_manifest(d)
     tokenizer = Tokenizer.from_pretrained(os.path.join(cfg.data[0], "tokenizer"))
+    model_class = objective.model()
     if cfg.init:
-        model = BertForPreTraining.from_pretrained(cfg.init)
+        model = model_class.from_pretrained(cfg.init)
         if model.config.vocab_size != tokenizer.vocab_size:
             raise BertkitError(
                 f"--init {cfg.init}: the model's vocabulary has {model.config.vocab_size} entries but the prepared "
@@ -147,13 +151,13 @@ def build(cfg: PretrainConfig, world_size: int = 1):
         config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
                                      **cfg.model_overrides)
         torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed fixes
-        model = BertForPreTraining(config)
+        model = model_class(config)
     if cfg.dropout is not None:  # the modules only: model.config, which is saved, keeps its own values
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = cfg.dropout
-        for layer in model.bert.layers:
-            layer.attention.dropout_p = cfg.dropout
+            elif isinstance(m, SelfAttention):
+                m.dropout_p = cfg.dropout
     if cfg.seq_len > model.config.max_position_embeddings:
         raise BertkitError(f"--seq-len {cfg.seq_len} is longer than the model's {model.config.max_position_embeddings} "
                            "positions", hint="lower --seq-len, or use a config with more max_position_embeddings")
@@ -168,7 +172,7 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     validation = None
     try:
         val_corpus = PreparedCorpus(cfg.data, "validation")
-        if val_corpus.num_documents >= (2 if cfg.objective == "nsp" else 1):
+        if val_corpus.num_documents >= objective.min_documents:
             # held out at the paper's 15% whatever --mask-rate trains with, so runs compare on one measure
             validation = PretrainingDataset.from_tokenizer(
                 val_corpus, tokenizer, **{**common, "mask_rate": MASK_RATE, "max_predictions": None})
@@ -182,11 +186,10 @@ def no_validation_note(cfg: PretrainConfig) -> str:
     from bertkit.data.prepare import load_manifest
 
     documents = sum(load_manifest(d)["splits"].get("validation", {}).get("documents", 0) for d in cfg.data)
-    needed = 2 if cfg.objective == "nsp" else 1
+    needed = get_objective(cfg.objective).min_documents
     return (f"note: no held-out evaluation: the prepared data ({', '.join(cfg.data)}) holds {documents} validation "
-            f"document{'s' if documents != 1 else ''}, and it needs {needed}"
-            f"{' (NSP pairs two documents)' if needed == 2 else ''}; prepare the data again with a larger "
-            "--validation-fraction to see held-out MLM/NSP accuracy")
+            f"document{'s' if documents != 1 else ''}, and --objective {cfg.objective} needs {needed}"
+            "; prepare the data again with a larger --validation-fraction to see held-out accuracy")
 
 
 def micro_batches(order: np.ndarray, offset: int, cfg: PretrainConfig, world: distributed.World):
@@ -203,43 +206,38 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(model, dataset, cfg: PretrainConfig, device, precision: Precision | None = None) -> dict:
-    """Held-out MLM and NSP loss and accuracy on the first eval_samples samples (fixed masks)."""
+    """The objective's held-out statistics and loss on the first eval_samples samples (fixed masks)."""
     from bertkit.data.pretraining import collate
 
+    objective = get_objective(cfg.objective)
     model.eval()
     dataset.set_epoch(0)
     n = min(len(dataset), cfg.eval_samples)
-    totals = dict(mlm_loss=0.0, mlm_correct=0, mlm_count=0, nsp_loss=0.0, nsp_correct=0, nsp_count=0)
+    totals: dict = {}
     for start in range(0, n, cfg.batch_size):
         batch = to_device(collate([dataset[i] for i in range(start, min(n, start + cfg.batch_size))],
                                   dataset.pad_id), device)
         with (precision or resolve_precision(cfg.precision, device, announce=False)).autocast(device):
-            out = model(**batch)
-        _accumulate(totals, out, batch)
+            _, statistics = objective.step(model, batch)
+        add_statistics(totals, statistics)
     model.train()
-    return _summarize(totals)
+    return summarize(totals, objective)
 
 
-def _accumulate(totals: dict, out, batch: dict) -> None:
-    count = out.mlm_targets.numel()
-    totals["mlm_loss"] += out.mlm_loss.item() * count
-    totals["mlm_correct"] += (out.mlm_logits.argmax(-1) == out.mlm_targets).sum().item()
-    totals["mlm_count"] += count
-    if out.nsp_loss is not None:
-        labels = batch["next_sentence_label"]
-        totals["nsp_loss"] += out.nsp_loss.item() * labels.numel()
-        totals["nsp_correct"] += (out.nsp_logits.argmax(-1) == labels).sum().item()
-        totals["nsp_count"] += labels.numel()
+def add_statistics(totals: dict[str, list], statistics: dict) -> None:
+    """Sum a step's {name: (sum, count)} into totals {name: [sum, count]}, whatever the names (a sum may be a
+    0-d tensor: read here, after the backward pass)."""
+    for name, (value, count) in statistics.items():
+        total = totals.setdefault(name, [0, 0])
+        total[0] += value.item() if isinstance(value, torch.Tensor) else value
+        total[1] += count
 
 
-def _summarize(t: dict) -> dict:
-    m = {"mlm_loss": t["mlm_loss"] / max(1, t["mlm_count"]), "mlm_accuracy": t["mlm_correct"] / max(1, t["mlm_count"])}
-    if t["nsp_count"]:
-        m.update(nsp_loss=t["nsp_loss"] / t["nsp_count"], nsp_accuracy=t["nsp_correct"] / t["nsp_count"])
-        m["loss"] = m["mlm_loss"] + m["nsp_loss"]
-    else:
-        m["loss"] = m["mlm_loss"]
-    return m
+def summarize(totals: dict[str, list], objective: Objective) -> dict:
+    """Each statistic's mean (sum / count), and "loss": the means weighted as the objective's step weighs them."""
+    means = {name: value / max(1, count) for name, (value, count) in totals.items()}
+    means["loss"] = sum(weight * means[name] for name, weight in objective.loss_weights.items())
+    return means
 
 
 # What fixes the sample stream: a resumed run must agree on these, or it would silently see other samples.
@@ -338,7 +336,7 @@ def measure_budget(cfg: PretrainConfig, world: distributed.World, model, tokeniz
     initial = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
     model.train()
     set_lr(optimizer, cfg.lr)
-    scratch = dict(mlm_loss=0.0, mlm_correct=0, mlm_count=0, nsp_loss=0.0, nsp_correct=0, nsp_count=0)
+    scratch: dict = {}
     times, offset = [], 0
     while True:
         tick = time.perf_counter()
@@ -415,6 +413,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     world = distributed.setup(cfg.device)
     cfg, recipe_note = apply_recipe(cfg)
     model, tokenizer, train_set, validation = build(cfg, world.world_size)
+    objective = get_objective(cfg.objective)
     if cfg.steps is None and cfg.budget is None:
         cfg = dataclasses.replace(cfg, steps=DEFAULT_STEPS)
     precision = resolve_precision(cfg.precision, world.device, announce=False)  # said once the run starts
@@ -460,9 +459,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
             skip_sync = world.distributed and not is_last and hasattr(wrapped, "no_sync")
             with wrapped.no_sync() if skip_sync else contextlib.nullcontext():
                 with autocast:
-                    out = wrapped(**batch)
-                (out.loss / cfg.grad_accum).backward()
-            _accumulate(window, out, batch)
+                    loss, statistics = objective.step(wrapped, batch)
+                (loss / cfg.grad_accum).backward()
+            add_statistics(window, statistics)
             tokens += int(batch["attention_mask"].sum())
         return torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm), tokens
 
@@ -489,7 +488,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         m = plan["measured"]
         budget_deadline = parse_duration(cfg.budget) - (0.0 if m["overridden"] else m["evaluation"] + 2 * m["checkpoint"])
     started -= elapsed_before
-    window = dict(mlm_loss=0.0, mlm_correct=0, mlm_count=0, nsp_loss=0.0, nsp_correct=0, nsp_count=0)
+    window: dict = {}  # {statistic: [sum, count]} since the last log line
     window_tokens, window_norm, window_good_steps, window_start = 0, 0.0, 0, time.perf_counter()
     paused_seconds = 0.0  # evaluation and checkpoint time in the logging window: not training
     session_started = time.perf_counter()
@@ -559,17 +558,18 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
             if step % cfg.log_every == 0 or step == last_step:
                 keys = list(window)
-                sums = distributed.all_reduce_sum([window[k] for k in keys] + [window_tokens], world)
+                sums = distributed.all_reduce_sum([v for k in keys for v in window[k]] + [window_tokens], world)
                 elapsed = time.perf_counter() - window_start - paused_seconds
-                line = {"step": step, **_summarize(dict(zip(keys, sums[:-1]))), "lr": lr,
+                totals = {k: sums[2 * i:2 * i + 2] for i, k in enumerate(keys)}
+                line = {"step": step, **summarize(totals, objective), "lr": lr,
                         "tokens_per_s": sums[-1] / elapsed, "grad_norm": window_norm / window_good_steps if window_good_steps else None,
                         "skipped_steps": bad_steps_total, "epoch": epoch, "precision": precision.name,
                         "time_s": time.perf_counter() - started}
                 if world.is_main:
                     log.write(line)
-                    progress.set_postfix(loss=f"{line['loss']:.3f}", mlm_acc=f"{line['mlm_accuracy']:.3f}",
-                                         tok_s=f"{line['tokens_per_s']:.0f}")
-                window = dict.fromkeys(window, 0)
+                    accuracies = {k.replace("_accuracy", "_acc"): f"{line[k]:.3f}" for k in keys if k.endswith("_accuracy")}
+                    progress.set_postfix(loss=f"{line['loss']:.3f}", **accuracies, tok_s=f"{line['tokens_per_s']:.0f}")
+                window = {}
                 window_tokens, window_norm, window_good_steps, window_start = 0, 0.0, 0, time.perf_counter()
                 paused_seconds = 0.0
 
@@ -609,7 +609,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         final = os.path.join(cfg.out, "model")
         tmp = final + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+        objective.save(model, tmp)
         tokenizer.save_pretrained(tmp, model_max_length=model.config.max_position_embeddings)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
