@@ -134,9 +134,9 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     for d in cfg.data:
         load_manifest(d)
     tokenizer = Tokenizer.from_pretrained(os.path.join(cfg.data[0], "tokenizer"))
-    model_class = objective.model()
+    torch.manual_seed(cfg.seed)  # the initial weights (a new generator under --init too) are part of what --seed fixes
     if cfg.init:
-        model = model_class.from_pretrained(cfg.init)
+        model = objective.build_model(None, cfg.init)
         if model.config.vocab_size != tokenizer.vocab_size:
             raise BertkitError(
                 f"--init {cfg.init}: the model's vocabulary has {model.config.vocab_size} entries but the prepared "
@@ -150,9 +150,8 @@ def build(cfg: PretrainConfig, world_size: int = 1):
         config = load_model_config(cfg.model_config)
         config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
                                      **cfg.model_overrides)
-        torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed fixes
-        model = model_class(config)
-    if cfg.dropout is not None:  # the modules only: model.config, which is saved, keeps its own values
+        model = objective.build_model(config)
+    if cfg.dropout is not None:  # every module (both of ELECTRA's encoders): model.config, which is saved, keeps its own
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = cfg.dropout
@@ -200,6 +199,13 @@ def micro_batches(order: np.ndarray, offset: int, cfg: PretrainConfig, world: di
         yield a == cfg.grad_accum - 1, j, order[start:start + cfg.batch_size]
 
 
+def sample_seed(seed: int, step: int, j: int, evaluation: bool = False) -> int:
+    """The batch's "sample_seed" (an objective that samples, as ELECTRA's generator, seeds its rng with it): fixed by
+    (seed, step, micro-batch) as dropout is, so a resumed run samples what the uninterrupted one did; a stream of
+    its own, apart from dropout's. Held-out batches: (seed, first sample index), the same at every evaluation."""
+    return int(np.random.SeedSequence([seed, step, j, 0xE1EC7, int(evaluation)]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
 
@@ -217,6 +223,7 @@ def evaluate(model, dataset, cfg: PretrainConfig, device, precision: Precision |
     for start in range(0, n, cfg.batch_size):
         batch = to_device(collate([dataset[i] for i in range(start, min(n, start + cfg.batch_size))],
                                   dataset.pad_id), device)
+        batch["sample_seed"] = sample_seed(cfg.seed, 0, start, evaluation=True)
         with (precision or resolve_precision(cfg.precision, device, announce=False)).autocast(device):
             _, statistics = objective.step(model, batch)
         add_statistics(totals, statistics)
@@ -309,7 +316,9 @@ def check_plan(state: dict, cfg: PretrainConfig, path: str) -> dict | None:
 
 
 def check_same_model(path: str, config: BertConfig, cfg: PretrainConfig) -> None:
-    """The checkpoint's config.json against the model this command builds: name each setting that differs."""
+    """The checkpoint's config.json against the model this command builds: name each setting that differs.
+    BertConfig's fields only: ELECTRA's embedding_size and its generator's size are not compared here (a
+    generator of another size fails to load its weights instead)."""
     saved = BertConfig.load(os.path.join(path, "model", "config.json"))
     changed = [f"{f.name} {getattr(saved, f.name)!r} (now {getattr(config, f.name)!r})"
                for f in dataclasses.fields(BertConfig) if f.name != "extra"
@@ -431,7 +440,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     checkpoints = complete_checkpoints(cfg.out) if cfg.resume else []
     if checkpoints:
         check_same_model(checkpoints[-1], model.config, cfg)
-        state = load_checkpoint(checkpoints[-1], model, optimizer)
+        state = load_checkpoint(checkpoints[-1], model, optimizer, restore=objective.restore)
         check_resume(state, cfg, world, checkpoints[-1])
         plan = check_plan(state, cfg, checkpoints[-1])
         step, epoch, offset = state["step"], state["epoch"], state["offset"]
@@ -455,6 +464,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         for is_last, j, indices in micro_batches(order, at_offset, cfg, world):
             batch = to_device(collate([train_set[int(i)] for i in indices], train_set.pad_id), world.device)
             torch.manual_seed(cfg.seed * 1_000_003 + at_step * 1009 + j)  # dropout, independent of rank layout
+            batch["sample_seed"] = sample_seed(cfg.seed, at_step, j)  # the objective's own sampling, likewise
             # DDP all-reduces gradients on the last micro-batch only
             skip_sync = world.distributed and not is_last and hasattr(wrapped, "no_sync")
             with wrapped.no_sync() if skip_sync else contextlib.nullcontext():

@@ -147,8 +147,10 @@ def complete_checkpoints(run_dir: str) -> list[str]:
     return [path for _, path in sorted(found)]
 
 
-def load_checkpoint(path: str, model, optimizer) -> dict:
-    """Restore model and optimizer from a checkpoint directory; returns the trainer state."""
+def load_checkpoint(path: str, model, optimizer, restore=None) -> dict:
+    """Restore model and optimizer from a checkpoint directory; returns the trainer state. restore(model,
+    model_dir) loads the weights (an objective's restore, e.g. ELECTRA's generator and discriminator); None: every
+    tensor of `model` from PATH/model."""
     from bertkit.checkpoint import load_state, read_weights
 
     state_path = os.path.join(path, STATE_NAME)
@@ -159,10 +161,13 @@ def load_checkpoint(path: str, model, optimizer) -> dict:
         raise BertkitError(f"{state_path}: not valid JSON", hint="delete this checkpoint directory to resume from "
                            "the one before, or start a new --out") from None
     verify_checkpoint(path, state)
-    report = load_state(model, read_weights(os.path.join(path, "model")), source=path)
-    if report.missing:
-        raise BertkitError(f"{path}: checkpoint lacks {', '.join(report.missing)}",
-                           hint="it was written by a different model; start a new --out")
+    if restore is not None:
+        restore(model, os.path.join(path, "model"))
+    else:
+        report = load_state(model, read_weights(os.path.join(path, "model")), source=path)
+        if report.missing:
+            raise BertkitError(f"{path}: checkpoint lacks {', '.join(report.missing)}",
+                               hint="it was written by a different model; start a new --out")
     load_optimizer_tensors(optimizer, load_tensors(os.path.join(path, OPTIMIZER_NAME)), state["optimizer_groups"])
     return state
 
