@@ -238,20 +238,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}: {n} predictions", file=sys.stderr)
 
 
-PIPELINE_FIELDS = {"classify": ("text",), "tag": ("text",), "answer": ("question", "context"),
-                   "choose": ("context", "endings")}
-
-
 def predict_with_pipeline(args: argparse.Namespace) -> int:
     """JSONL (or, to classify and tag, one text per line) in; the input records with their predictions out."""
     import json
 
     from bertkit.files import atomic_write_text, json_object, read_lines
+    from bertkit.kinds import PIPELINES
     from bertkit.pipelines import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model, precision=args.precision, batch_size=args.eval_batch_size,
                                     show_progress=not args.quiet)
-    task, needed = pipe.task, PIPELINE_FIELDS[pipe.task]
+    task, kind = pipe.task, PIPELINES[pipe.task]
+    needed = kind.pipeline_fields
     lines = read_lines(args.input, skip_empty=False)
     if args.input.endswith((".jsonl", ".json")):
         records = [json_object(args.input, n, line) for n, line in enumerate(lines, 1) if line.strip()]
@@ -260,31 +258,13 @@ def predict_with_pipeline(args: argparse.Namespace) -> int:
                 if name not in record:
                     raise BertkitError(f"{args.input}: record {n} has no {name!r} field",
                                        hint=f"{task} reads {', '.join(needed)} from each JSON line")
-    elif task in ("classify", "tag"):
+    elif kind.text_lines:
         records = [{"text": line} for line in lines]
     else:
         raise BertkitError(f"{args.input}: {task} needs JSON Lines input ({', '.join(needed)} on each line)",
                            hint="name the file .jsonl")
-    if task == "classify":
-        pairs = [r.get("text_pair") for r in records]
-        has_pairs = any(p is not None for p in pairs)
-        if has_pairs and not all(p is not None for p in pairs):
-            raise BertkitError(f"{args.input}: some records have a text_pair and some do not",
-                               hint="predict single texts and pairs in separate files")
-        from bertkit.data.tasks import reads_pairs
-
-        trained = pipe.settings.get("task")
-        if not has_pairs and reads_pairs(trained, pipe.settings.get("text_pair_column")):
-            print(f"warning: {args.model} was fine-tuned on text pairs ({trained}), but {args.input} gives single "
-                  "texts: its predictions will be poor; give each record a \"text_pair\" (JSON Lines)",
-                  file=sys.stderr)
-        results = pipe.classify([r["text"] for r in records], pairs if has_pairs else None, args.threshold)
-    elif task == "tag":
-        results = pipe.tag([r["text"] for r in records])
-    elif task == "answer":
-        results = pipe.answer([(r["question"], r["context"]) for r in records])
-    else:
-        results = pipe.choose([(r["context"], r["endings"]) for r in records])
+    results = kind.pipeline_call(pipe, records, {"input": args.input, "model": args.model,
+                                                 "threshold": args.threshold})
     atomic_write_text(args.output, "".join(json.dumps({**r, **result}, ensure_ascii=False) + "\n"
                                            for r, result in zip(records, results)))
     return len(records)

@@ -24,11 +24,10 @@ import numpy as np
 import torch
 
 from bertkit.errors import BertkitError
+from bertkit.kinds import PIPELINE_OF_HEAD
 
 log = logging.getLogger("bertkit")
 
-TASK_OF_HEAD = {"BertForSequenceClassification": "classify", "BertForTokenClassification": "tag",
-                "BertForQuestionAnswering": "answer", "BertForMultipleChoice": "choose"}
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -50,7 +49,7 @@ class Pipeline:
         resolve_precision(precision, next(model.parameters()).device, announce=False)
         self.model, self.tokenizer, self.settings = model.eval(), tokenizer, settings or {}
         self.precision, self.batch_size, self.show_progress = precision, batch_size, show_progress
-        self.task = TASK_OF_HEAD.get(type(model).__name__)
+        self.task = PIPELINE_OF_HEAD.get(type(model).__name__)
         positions = model.config.max_position_embeddings
         self.max_len = min(self.settings.get("max_seq_len") or positions, positions)
 
@@ -64,7 +63,7 @@ class Pipeline:
         from bertkit.train.finetune import read_task_settings
 
         model = load_model(directory)
-        if type(model).__name__ not in TASK_OF_HEAD:
+        if type(model).__name__ not in PIPELINE_OF_HEAD:
             raise BertkitError(f"{directory}: a {type(model).__name__} has no task head",
                                hint="pass a fine-tuned directory (bertkit finetune --out), e.g. one with "
                                     "BertForSequenceClassification in config.json's architectures")

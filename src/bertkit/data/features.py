@@ -250,13 +250,20 @@ def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tens
     }
     if choices:
         batch = {name: tensor.view(len(features), n_choices, length) for name, tensor in batch.items()}
-    first = features[0]
-    if "label" in first:
-        labels = [feature["label"] for feature in features]
-        batch["labels"] = torch.tensor(labels, dtype=torch.long if isinstance(labels[0], int) else torch.float)
-    if "labels" in first:
-        batch["labels"] = torch.tensor(_pad([feature["labels"] for feature in features], length, IGNORE_INDEX))
-    if "start_position" in first:
-        batch["start_positions"] = torch.tensor([feature["start_position"] for feature in features])
-        batch["end_positions"] = torch.tensor([feature["end_position"] for feature in features])
+    for feature_key, batch_key, make in TARGETS:
+        if feature_key in features[0]:
+            batch[batch_key] = make([feature[feature_key] for feature in features], length)
     return batch
+
+
+def _labels(values: list, length: int) -> torch.Tensor:  # class ids, scores or multi-hot rows
+    return torch.tensor(values, dtype=torch.long if isinstance(values[0], int) else torch.float)
+
+
+# A feature's training targets: (feature key, forward() argument, values of the batch and its length -> tensor).
+TARGETS = (
+    ("label", "labels", _labels),
+    ("labels", "labels", lambda values, length: torch.tensor(_pad(values, length, IGNORE_INDEX))),  # per token
+    ("start_position", "start_positions", lambda values, length: torch.tensor(values)),
+    ("end_position", "end_positions", lambda values, length: torch.tensor(values)),
+)
