@@ -10,6 +10,9 @@ KINDS[kind]; a new kind is one entry here plus its functions.
     score(task, examples, features, outputs, label_list, cfg) -> (metrics, predictions); no metrics unlabeled
     write(task, examples, predictions) -> the lines of `bertkit predict --task`'s output file
     config(label_list) -> config.json fields of the head (id2label, problem_type)
+    run(model, features, pad_id, batch_size, precision, progress) -> the outputs `score` reads, per feature
+    collate(features, pad_id) -> a training batch, named as the model's forward() arguments
+    setup(model, cfg) -> None: training settings of the loaded model;  save(out, model, tokenizer, cfg): extra files
     pipeline(pipe, records, options) -> one result dict per record, for `bertkit predict` without --task
 
 The functions import what they use when called, so this table imports nothing heavy.
@@ -26,6 +29,28 @@ import numpy as np
 from bertkit.errors import BertkitError
 
 
+def _run_logits(model, features, pad_id, batch_size, precision, progress):
+    from bertkit.inference import run_features
+
+    return run_features(model, features, pad_id, batch_size, precision, progress=progress)
+
+
+def _collate(features, pad_id):
+    from bertkit.data.features import collate
+
+    return collate(features, pad_id)
+
+
+def _collate_seq2seq(features, pad_id):
+    from bertkit.data.features import collate_seq2seq
+
+    return collate_seq2seq(features, pad_id)
+
+
+def _nothing(*args) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Kind:
     head: str  # the model class (model.MODEL_CLASSES) fine-tuned and loaded for this kind
@@ -37,6 +62,10 @@ class Kind:
     pipeline: str  # the Pipeline method that serves this head
     pipeline_fields: tuple[str, ...]  # what each JSON line of `bertkit predict` input must hold
     pipeline_call: Callable
+    run: Callable = _run_logits
+    collate: Callable = _collate
+    setup: Callable = _nothing
+    save: Callable = _nothing
     text_lines: bool = False  # `bertkit predict` also takes plain text, one input per line
     named_labels: bool = False  # labels are names: evaluation labels are checked against the model's
     max_seq_len: int = 128  # default --max-seq-len
@@ -78,6 +107,12 @@ def _read_conll(cfg, spec, path, labeled, training):
     return read_conll(path, labeled=labeled)
 
 
+def _read_pairs(cfg, spec, path, labeled, training):
+    from bertkit.data.tasks import read_pairs
+
+    return read_pairs(path, labeled=labeled)
+
+
 # ----------------------------------------------------------------------------------------------
 # Encoders
 
@@ -104,6 +139,15 @@ def _encode_choices(examples, tokenizer, cfg, max_len, label_list, training):
     from bertkit.data.features import encode_choices
 
     return encode_choices(examples, tokenizer, max_len)
+
+
+def _encode_seq2seq(examples, tokenizer, cfg, max_len, label_list, training):
+    from bertkit.data.features import encode_seq2seq
+
+    if max_len < cfg.max_target_len + 4:
+        raise BertkitError(f"--max-seq-len {max_len} leaves no room for a source beside --max-target-len "
+                           f"{cfg.max_target_len}", hint="raise --max-seq-len or lower --max-target-len")
+    return encode_seq2seq(examples, tokenizer, max_len, cfg.max_target_len)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,6 +218,65 @@ def _score_choice(task, examples, features, outputs, label_list, cfg):
     return ({"accuracy": metrics.accuracy(preds, labels)} if labels[0] is not None else {}), preds
 
 
+def _run_seq2seq(model, features, pad_id, batch_size, precision, progress):
+    """Per feature (tokens right, tokens, summed negative log-likelihood) of its target, teacher-forced."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    from bertkit.data.features import collate_seq2seq
+    from bertkit.device import resolve_precision, to_device
+    from bertkit.inference import feature_length, length_grouped_batches
+    from bertkit.model import IGNORE_INDEX
+
+    model.eval()
+    device = next(model.parameters()).device
+    autocast = resolve_precision(precision, device).autocast(device)
+    out: list = [None] * len(features)
+    batches = list(length_grouped_batches([feature_length(f) for f in features], batch_size))
+    for indices in tqdm(batches, desc=progress, unit="batch", disable=progress is None, dynamic_ncols=True):
+        batch = to_device(collate_seq2seq([features[i] for i in indices], pad_id), device)
+        with torch.no_grad(), autocast:
+            result = model(**batch)
+        logits, targets = result.mlm_logits.float(), result.mlm_targets  # (N, V), (N,) in row order
+        nll = F.cross_entropy(logits, targets, reduction="none")
+        right = logits.argmax(-1) == targets
+        counts = (batch["labels"] != IGNORE_INDEX).sum(1).tolist()
+        for i, r, n, c in zip(indices, right.split(counts), nll.split(counts), counts):
+            out[i] = (int(r.sum()), c, float(n.sum()))
+    return out
+
+
+def _score_seq2seq(task, examples, features, outputs, label_list, cfg):
+    import math
+
+    if examples[0].target is None:
+        return {}, [None] * len(examples)
+    right, tokens, nll = (sum(o[k] for o in outputs) for k in range(3))
+    return {"token_accuracy": right / tokens, "perplexity": math.exp(nll / tokens)}, [None] * len(examples)
+
+
+def _seq2seq_setup(model, cfg):
+    model.label_smoothing = cfg.label_smoothing
+
+
+def _seq2seq_save(out, model, tokenizer, cfg):
+    """generation_config.json, as transformers reads it, plus the settings `bertkit generate` needs."""
+    import os
+
+    from bertkit.files import atomic_write_json
+
+    atomic_write_json(os.path.join(out, "generation_config.json"), {
+        "max_new_tokens": cfg.max_target_len, "num_beams": 1, "do_sample": False,
+        "eos_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id,
+        "bertkit": {"objective": "unilm-shifted", "max_seq_len": cfg.max_seq_len or KINDS["seq2seq"].max_seq_len,
+                    "max_target_len": cfg.max_target_len}})
+
+
+def _call_generate(pipe, records, options):
+    return pipe.generate([r["source"] for r in records])
+
+
 # ----------------------------------------------------------------------------------------------
 # Prediction writers (`bertkit predict --task`)
 
@@ -193,6 +296,11 @@ def _write_tags(task, examples, predictions):
 
 def _write_answers(task, examples, predictions):
     return [json.dumps({"id": e.id, "answer": predictions.get(e.id, "")}, ensure_ascii=False) for e in examples]
+
+
+def _write_generated(task, examples, predictions):
+    raise BertkitError("predict --task seq2seq: a sequence-to-sequence model generates",
+                       hint="use bertkit generate --model DIR --input sources.jsonl --output out.jsonl")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,8 +358,8 @@ _SENTENCE = dict(head="BertForSequenceClassification", read=_read_sentences, enc
                  text_lines=True)
 
 KINDS: dict[str, Kind] = {
-    "classification": Kind(**_SENTENCE, score=_score_classification, named_labels=True,
-                           config=lambda labels: {**_named_labels(labels), "problem_type": PROBLEM_TYPES["classification"]}),
+    "classification": Kind(**_SENTENCE, score=_score_classification, named_labels=True, config=lambda labels: {
+        **_named_labels(labels), "problem_type": PROBLEM_TYPES["classification"]}),
     "multi_label": Kind(**_SENTENCE, score=_score_multi_label, named_labels=True,
                         config=lambda labels: {**_named_labels(labels), "problem_type": PROBLEM_TYPES["multi_label"]}),
     "regression": Kind(**_SENTENCE, score=_score_regression,
@@ -266,6 +374,10 @@ KINDS: dict[str, Kind] = {
     "choice": Kind(head="BertForMultipleChoice", read=_read_choices, encode=_encode_choices, score=_score_choice,
                    write=_write_sentences, config=lambda labels: {}, pipeline="choose",
                    pipeline_fields=("context", "endings"), pipeline_call=_call_choose),
+    "seq2seq": Kind(head="BertForMaskedLM", read=_read_pairs, encode=_encode_seq2seq, score=_score_seq2seq,
+                    write=_write_generated, config=lambda labels: {}, pipeline="generate", pipeline_fields=("source",),
+                    pipeline_call=_call_generate, run=_run_seq2seq, setup=_seq2seq_setup, save=_seq2seq_save,
+                    text_lines=True, collate=_collate_seq2seq),
 }
 
 # The Pipeline method of each task head, and what its input records hold: read off KINDS.

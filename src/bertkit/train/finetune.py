@@ -67,6 +67,8 @@ class FinetuneConfig:
     label_all_subtokens: bool = False
     doc_stride: int = 128
     max_query_len: int = 64
+    max_target_len: int = 48  # seq2seq: target tokens kept (a longer target is cut, and counted)
+    label_smoothing: float = 0.0  # seq2seq: of the token cross-entropy (UniLM used 0.1)
     null_threshold: float = 0.0
     max_train_examples: int | None = None  # a quick run on the first N training examples
     group_by_length: bool = True
@@ -160,12 +162,11 @@ def batches(features: list[dict], batch_size: int, rng: np.random.Generator | No
 # Evaluation
 
 
-def predict_logits(model, features, cfg: FinetuneConfig, pad_id: int, progress: str | None = None) -> list:
-    """Per-feature outputs in feature order (inference.run_features); the model goes back to training mode."""
-    from bertkit.inference import run_features
-
-    outputs = run_features(model, features, pad_id, cfg.eval_batch_size, cfg.precision,
-                           progress=progress if cfg.show_progress else None)
+def predict_logits(model, features, cfg: FinetuneConfig, pad_id: int, progress: str | None = None,
+                   kind: str = "classification") -> list:
+    """Per-feature outputs in feature order (the kind's `run`); the model goes back to training mode."""
+    outputs = KINDS[kind].run(model, features, pad_id, cfg.eval_batch_size, cfg.precision,
+                              progress if cfg.show_progress else None)
     model.train()
     return outputs
 
@@ -202,7 +203,6 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
     """
     from tqdm.auto import tqdm
 
-    from bertkit.data.features import collate
     from bertkit.train.optim import build_optimizer, set_lr, warmup_linear
     from bertkit.train.state import complete_checkpoints, load_checkpoint, save_checkpoint
 
@@ -210,6 +210,8 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                                                               ("kind", "train", "dev_examples", "dev", "labels"))
     torch.manual_seed(seed)
     model = _load_model(kind, cfg.model, label_list).to(device)
+    KINDS[kind].setup(model, cfg)
+    collate = KINDS[kind].collate
     check_length(cfg, kind, model.config.max_position_embeddings)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_feats) / cfg.batch_size)
@@ -295,8 +297,8 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                     log.close()
                     raise Stopped(path, step)
         train_seconds += time.perf_counter() - window_start
-        result, _ = score(kind, cfg.task, dev_examples, dev_feats, predict_logits(model, dev_feats, cfg, pad),
-                          label_list, cfg)
+        outputs = predict_logits(model, dev_feats, cfg, pad, kind=kind)
+        result, _ = score(kind, cfg.task, dev_examples, dev_feats, outputs, label_list, cfg)
         result = {k: float(v) for k, v in result.items()}
         log.write({"step": step, "epoch": epoch, "split": "dev", **result})
         progress.write(f"seed {seed} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
@@ -346,7 +348,8 @@ def save_model_dir(model, tokenizer, out: str, cfg: FinetuneConfig, data: dict,
         "null_threshold": cfg.null_threshold if best_null_threshold is None else best_null_threshold,
         "text_column": cfg.text_column, "text_pair_column": cfg.text_pair_column, "label_column": cfg.label_column,
         "problem_type": PROBLEM_TYPES.get(data["kind"]), "label_separator": cfg.label_separator,
-        "threshold": cfg.threshold})
+        "threshold": cfg.threshold, "max_target_len": cfg.max_target_len})
+    KINDS[data["kind"]].save(out, model, tokenizer, cfg)
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
@@ -359,6 +362,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise BertkitError("no training data", hint="pass --data DIR with a train file, or --train FILE")
     if cfg.keep not in ("best", "last"):
         raise BertkitError(f"--keep {cfg.keep!r}", hint="use best or last")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise BertkitError(f"--label-smoothing {cfg.label_smoothing}: must be at least 0 and below 1", hint="e.g. 0.1")
     if cfg.save_every < 0:
         raise BertkitError(f"--save-every {cfg.save_every}: must be 0 (epoch ends only) or more", hint="e.g. 500")
     check_output_dir(cfg.out, hint="choose a new --out, pass --resume to continue the run in it, or --force to "
@@ -391,8 +396,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     # the model loads (config and weights are sound) and takes --max-seq-len, before anything is written
     check_length(cfg, spec.kind, _load_model(spec.kind, cfg.model, label_list).config.max_position_embeddings)
     if len(train_feats) < cfg.batch_size:  # as pretrain: a "run" of one partial batch trains nothing of note
-        raise BertkitError(f"the training data has {len(train_feats)} {KINDS[spec.kind].unit}, fewer than one batch needs "
-                           f"(--batch-size {cfg.batch_size})",
+        raise BertkitError(f"the training data has {len(train_feats)} {KINDS[spec.kind].unit}, fewer than one batch "
+                           f"needs (--batch-size {cfg.batch_size})",
                            hint=f"lower --batch-size to {len(train_feats)} or less, or train on more data")
     device = default_device()
     precision = resolve_precision(cfg.precision, device)
@@ -500,7 +505,7 @@ def read_task_settings(model_dir: str) -> dict:
         raise BertkitError(f"{path}: invalid JSON ({e})", hint=hint) from None
     if not isinstance(settings, dict):
         raise BertkitError(f"{path}: expected a JSON object", hint=hint)
-    for name in ("max_seq_len", "doc_stride", "max_query_len"):
+    for name in ("max_seq_len", "doc_stride", "max_query_len", "max_target_len"):
         value = settings.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise BertkitError(f"{path}: {name} should be a positive integer or null, got {value!r}", hint=hint)
@@ -561,7 +566,7 @@ def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
     feats, _ = encode(kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
-    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="evaluate")
+    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="evaluate", kind=kind)
     result, _ = score(kind, cfg.task, examples, feats, outputs, labels, cfg)
     result = {k: float(v) for k, v in result.items()}
     # not eval_results.json: that is the fine-tune's own record of its dev score, kept as it was
@@ -582,7 +587,7 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     feats, _ = encode(spec.kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
-    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="predict")
+    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="predict", kind=spec.kind)
     _, predictions = score(spec.kind, cfg.task, _unlabel(examples), feats, outputs, labels, cfg)
     lines = KINDS[spec.kind].write(cfg.task, examples, predictions)
     atomic_write_text(output, "\n".join(lines) + "\n")
