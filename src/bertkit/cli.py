@@ -238,20 +238,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}: {n} predictions", file=sys.stderr)
 
 
-PIPELINE_FIELDS = {"classify": ("text",), "tag": ("text",), "answer": ("question", "context"),
-                   "choose": ("context", "endings")}
-
-
 def predict_with_pipeline(args: argparse.Namespace) -> int:
     """JSONL (or, to classify and tag, one text per line) in; the input records with their predictions out."""
     import json
 
     from bertkit.files import atomic_write_text, json_object, read_lines
+    from bertkit.kinds import PIPELINES
     from bertkit.pipelines import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model, precision=args.precision, batch_size=args.eval_batch_size,
                                     show_progress=not args.quiet)
-    task, needed = pipe.task, PIPELINE_FIELDS[pipe.task]
+    task, kind = pipe.task, PIPELINES[pipe.task]
+    needed = kind.pipeline_fields
     lines = read_lines(args.input, skip_empty=False)
     if args.input.endswith((".jsonl", ".json")):
         records = [json_object(args.input, n, line) for n, line in enumerate(lines, 1) if line.strip()]
@@ -260,34 +258,53 @@ def predict_with_pipeline(args: argparse.Namespace) -> int:
                 if name not in record:
                     raise BertkitError(f"{args.input}: record {n} has no {name!r} field",
                                        hint=f"{task} reads {', '.join(needed)} from each JSON line")
-    elif task in ("classify", "tag"):
+    elif kind.text_lines:
         records = [{"text": line} for line in lines]
     else:
         raise BertkitError(f"{args.input}: {task} needs JSON Lines input ({', '.join(needed)} on each line)",
                            hint="name the file .jsonl")
-    if task == "classify":
-        pairs = [r.get("text_pair") for r in records]
-        has_pairs = any(p is not None for p in pairs)
-        if has_pairs and not all(p is not None for p in pairs):
-            raise BertkitError(f"{args.input}: some records have a text_pair and some do not",
-                               hint="predict single texts and pairs in separate files")
-        from bertkit.data.tasks import reads_pairs
-
-        trained = pipe.settings.get("task")
-        if not has_pairs and reads_pairs(trained, pipe.settings.get("text_pair_column")):
-            print(f"warning: {args.model} was fine-tuned on text pairs ({trained}), but {args.input} gives single "
-                  "texts: its predictions will be poor; give each record a \"text_pair\" (JSON Lines)",
-                  file=sys.stderr)
-        results = pipe.classify([r["text"] for r in records], pairs if has_pairs else None, args.threshold)
-    elif task == "tag":
-        results = pipe.tag([r["text"] for r in records])
-    elif task == "answer":
-        results = pipe.answer([(r["question"], r["context"]) for r in records])
-    else:
-        results = pipe.choose([(r["context"], r["endings"]) for r in records])
+    results = kind.pipeline_call(pipe, records, {"input": args.input, "model": args.model,
+                                                 "threshold": args.threshold})
     atomic_write_text(args.output, "".join(json.dumps({**r, **result}, ensure_ascii=False) + "\n"
                                            for r, result in zip(records, results)))
     return len(records)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    """Sources (JSON Lines with "source", or one per line of text) in; each with its generated text out."""
+    import json
+
+    from bertkit.files import atomic_write_text, json_object, read_lines
+    from bertkit.generate import GenerateConfig
+    from bertkit.pipelines import Pipeline
+
+    check_output_file(args.output)
+    options = dict(method=args.method, beams=args.beams, length_penalty=args.length_penalty,
+                   max_new_tokens=args.max_new_tokens, top_k=args.top_k, top_p=args.top_p,
+                   temperature=args.temperature, num_return=args.num_return, seed=args.seed,
+                   sweeps=args.sweeps)
+    GenerateConfig(**{k: v for k, v in options.items() if v is not None}).check()  # before the model loads
+    lines = read_lines(args.input, skip_empty=False)
+    if args.input.endswith((".jsonl", ".json")):
+        records = [(n, json_object(args.input, n, line)) for n, line in enumerate(lines, 1) if line.strip()]
+        for n, record in records:
+            if not isinstance(record.get("source"), str):
+                raise BertkitError(f"{args.input}: line {n}: no \"source\" text field",
+                                   hint="write one {\"source\": \"...\"} object per line")
+    else:
+        records = [(n, {"source": line}) for n, line in enumerate(lines, 1)]
+    if not records:
+        raise BertkitError(f"{args.input}: no sources", hint="give one source per line")
+    for n, record in records:
+        if not record["source"].strip():
+            raise BertkitError(f"{args.input}: line {n}: the source is empty",
+                               hint="every line needs some text to generate from; remove the line")
+    pipe = Pipeline.from_pretrained(args.model, precision=args.precision, batch_size=args.batch_size,
+                                    generation=True)
+    results = pipe.generate([r["source"] for _, r in records], **options)
+    atomic_write_text(args.output, "".join(json.dumps({**r, **result}, ensure_ascii=False) + "\n"
+                                           for (_, r), result in zip(records, results)))
+    print(f"wrote {args.output}: {len(records)} sources", file=sys.stderr)
 
 
 def positive_int(text: str) -> int:
@@ -507,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def task_data(p, train: bool, task_required: bool = True):
         p.add_argument("--task", required=task_required,
-                       help="cola sst2 mrpc stsb qqp mnli qnli rte wnli classify regress ner squad squad2 multiple-choice")
+                       help="cola sst2 mrpc stsb qqp mnli qnli rte wnli classify regress ner squad squad2 multiple-choice "
+                            "seq2seq")
         p.add_argument("--data", help="directory with the task's usual file names (train.tsv, dev.tsv, ...)")
         if train:
             p.add_argument("--train", help="training file")
@@ -541,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-all-subtokens", action="store_true", help="ner: label every piece, not just the first")
     p.add_argument("--doc-stride", type=positive_int, default=128)
     p.add_argument("--max-query-len", type=positive_int, default=64)
+    p.add_argument("--max-target-len", type=positive_int, default=48,
+                   help="seq2seq: target tokens kept; longer targets are cut (and counted)")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="seq2seq: label smoothing of the token cross-entropy (e.g. 0.1)")
     p.add_argument("--max-train-examples", type=positive_int, help="train on the first N examples (a quick run)")
     p.add_argument("--log-every", type=positive_int, default=None,
                    help="steps between metrics.jsonl lines (default: about 50 over the run, at most every 50)")
@@ -575,6 +597,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("generate", help="generate text from sources with a seq2seq model (finetune --task seq2seq)")
+    p.add_argument("--model", required=True, help="a model with an MLM head, fine-tuned for seq2seq")
+    p.add_argument("--input", required=True, help="sources: JSON Lines with a \"source\" field, or one per line")
+    p.add_argument("--output", required=True, help="JSON Lines: each input record with \"generated\" and \"score\"")
+    p.add_argument("--method", choices=["greedy", "beam", "sample", "gibbs"], default="greedy",
+                   help="gibbs: re-sample [MASK]ed positions with the MLM head (any MLM; not a proper sample)")
+    p.add_argument("--beams", type=int, default=4, help="beam: hypotheses kept")
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam: scores are log-probability / length ** this (above 1 favours longer)")
+    p.add_argument("--max-new-tokens", type=int, help="default: the model's generation_config.json, else 48")
+    p.add_argument("--top-k", type=int, default=0, help="sample: from the k most probable tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample: from the tokens making up this probability")
+    p.add_argument("--temperature", type=float, default=1.0, help="sample: below 1 sharper, above 1 flatter")
+    p.add_argument("--num-return", type=int, default=1, help="sequences per source (beam's n-best, or samples)")
+    p.add_argument("--sweeps", type=int, default=4, help="gibbs: passes over the target positions")
+    p.add_argument("--seed", type=seed_int, help="sample, gibbs: the same seed gives the same samples")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    add_compute_options(p)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("attention", help="attention weights of every layer and head as a PNG or HTML heatmap")
     p.add_argument("--model", required=True)
@@ -672,6 +714,7 @@ MEMORY_HINTS = {
     "finetune": "use a smaller --batch-size or --eval-batch-size, or a shorter --max-seq-len",
     "evaluate": "use a smaller --eval-batch-size or a shorter --max-seq-len",
     "predict": "use a smaller --eval-batch-size or a shorter --max-seq-len",
+    "generate": "use a smaller --batch-size, fewer --beams or a lower --max-new-tokens",
     "embed": "use a smaller --batch-size or a shorter --max-seq-len",
     "prepare": "use fewer --workers, or split the corpus into several prepare runs (pretrain takes several --data)",
 }

@@ -6,8 +6,9 @@ elsewhere (train/distributed.py, checkpoint.py). Parameter names here are our ow
 maps them to HuggingFace's names is in checkpoint.py.
 
 Shapes: B batch, T tokens, H hidden, nh heads, hs head size, N masked positions, C choices, V vocab.
-Left out on purpose: relative position embeddings, decoder/cross-attention and KV caches (an encoder
-never uses them).
+Generation (generate.py) runs the same encoder as a UniLM decoder (Dong et al. 2019): a (B, T, T)
+attention mask from the segments (`seq2seq_mask`) and a `KVCache` of the positions already run.
+Left out on purpose: relative position embeddings and cross-attention.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         T = input_ids.shape[-1]
-        x = self.word(input_ids) + self.position.weight[:T]  # (B, T, E), E = H but for a narrow ELECTRA
+        position = self.position.weight[:T] if position_ids is None else self.position(position_ids)
+        x = self.word(input_ids) + position  # (B, T, E), E = H but for a narrow ELECTRA
         if segment_ids is None:
             x = x + self.segment.weight[0]
         else:
@@ -86,6 +89,29 @@ class Unpadded:
         return x.reshape(self.B * self.T, -1).index_select(0, self.index)
 
 
+class KVCache:
+    """Keys and values of the positions run so far, per layer, (B, nh, T_past, hs) each: decoding a new token
+    then runs only its own position, attending to the cached ones (generate.py)."""
+
+    def __init__(self, n_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    def __len__(self) -> int:  # positions cached
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer] is not None:
+            k, v = torch.cat([self.keys[layer], k], dim=2), torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep (and repeat) the batch rows `rows` (B',): beam search follows the beams it keeps."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention. Query, key and value come from one fused projection (one GEMM)."""
 
@@ -97,12 +123,14 @@ class SelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, return_probs: bool = False,
-                layout: Unpadded | None = None):
+                layout: Unpadded | None = None, cache: KVCache | None = None, layer: int = 0):
         qkv = self.qkv(x)  # (B, T, 3H), or (rows, 3H) unpadded
         if layout is not None:
             qkv = layout.pad(qkv)
         B, T, H = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         q, k, v = qkv.view(B, T, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)  # (B, nh, T_past + T, hs)
         dropout_p = self.dropout_p if self.training else 0.0
         if return_probs:
             # Reference path: the explicit softmax, used when the caller wants the attention maps.
@@ -143,8 +171,8 @@ class Layer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, return_probs: bool = False,
-                layout: Unpadded | None = None):
-        a, probs = self.attention(x, mask, return_probs, layout)
+                layout: Unpadded | None = None, cache: KVCache | None = None, layer: int = 0):
+        a, probs = self.attention(x, mask, return_probs, layout, cache, layer)
         x = self.attention_norm(x + self.dropout(a))
         x = self.ffn_norm(x + self.dropout(self.ffn(x)))
         return x, probs
@@ -176,27 +204,32 @@ class BertModel(PretrainedMixin, nn.Module):
         self,
         input_ids: torch.Tensor,  # (B, T)
         token_type_ids: torch.Tensor | None = None,  # (B, T) segment ids: 0 for A, 1 for B
-        attention_mask: torch.Tensor | None = None,  # (B, T) 1 for tokens, 0 for padding
+        attention_mask: torch.Tensor | None = None,  # (B, T) 1 for tokens, 0 for padding; or (B, T, T_past + T)
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         unpad: bool = False,  # skip padding between layers; its outputs are then zeros (see Unpadded)
+        position_ids: torch.Tensor | None = None,  # (B, T); default 0..T-1
+        cache: KVCache | None = None,  # keys and values of earlier positions, extended with these
     ) -> EncoderOutput:
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, E)
+        x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, E)
         if self.embeddings_project is not None:
             x = self.embeddings_project(x)  # (B, T, H)
         mask = None
+        if attention_mask is not None and attention_mask.dim() == 3:  # which key each query sees (seq2seq_mask)
+            mask = attention_mask.bool()[:, None]  # (B, 1, T, T_past + T)
         # Without padding the mask is dropped (SDPA's fastest path); under torch.compile that data-dependent
         # test would break the graph, so there the mask is always applied.
-        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
+        elif attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True where a key may be attended
         layout = None
-        if unpad and mask is not None and not (output_hidden_states or output_attentions):
+        if (unpad and mask is not None and mask.shape[2] == 1 and cache is None
+                and not (output_hidden_states or output_attentions)):
             layout = Unpadded(attention_mask)
             x = layout.unpad(x)  # (rows, H)
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
-        for layer in self.layers:
-            x, probs = layer(x, mask, output_attentions, layout)
+        for i, layer in enumerate(self.layers):
+            x, probs = layer(x, mask, output_attentions, layout, cache, i)
             if output_hidden_states:
                 hidden_states.append(x)
             if output_attentions:
@@ -206,6 +239,18 @@ class BertModel(PretrainedMixin, nn.Module):
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         return EncoderOutput(x, pooled, tuple(hidden_states) if hidden_states else None,
                              tuple(attentions) if attentions else None)
+
+
+def seq2seq_mask(token_type_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """UniLM's sequence-to-sequence mask (Dong et al. 2019) from the segments of `[CLS] source [SEP] target [SEP]`,
+    (B, T) each -> (B, T, T), True where query i may attend to key j: every position sees the whole source,
+    target positions also see the target to their left (and themselves), nothing sees the target to its right.
+    As bert4keras builds it: with c = cumsum(segment ids), i sees j iff c[j] <= c[i]. Padding is never seen."""
+    c = token_type_ids.cumsum(-1)  # (B, T): 0 over the source, 1, 2, ... over the target
+    mask = c[:, None, :] <= c[:, :, None]  # (B, T, T)
+    if attention_mask is not None:
+        mask = mask & attention_mask.bool()[:, None, :]
+    return mask
 
 
 def init_weights(module: nn.Module, std: float) -> None:
@@ -239,7 +284,8 @@ class MaskedLMHead(nn.Module):
         return F.linear(h, self.word_embeddings[0].weight, self.bias)
 
 
-def masked_lm_loss(head: MaskedLMHead, hidden: torch.Tensor, labels: torch.Tensor, sparse: bool = True):
+def masked_lm_loss(head: MaskedLMHead, hidden: torch.Tensor, labels: torch.Tensor, sparse: bool = True,
+                   label_smoothing: float = 0.0):
     """Cross-entropy over the chosen positions only (labels != IGNORE_INDEX).
 
     Sparse (the default) gathers the chosen positions first and decodes only those: ~15% of the tokens,
@@ -253,7 +299,7 @@ def masked_lm_loss(head: MaskedLMHead, hidden: torch.Tensor, labels: torch.Tenso
         logits = head(hidden[chosen])  # (N, V)
     else:
         logits = head(hidden)[chosen]  # (B, T, V) -> (N, V)
-    loss = F.cross_entropy(logits.float(), targets)
+    loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
     return loss, logits, targets
 
 
@@ -316,13 +362,14 @@ class BertForMaskedLM(PretrainedMixin, nn.Module):
         self.mlm.apply(lambda m: init_weights(m, config.initializer_range))
         self.sparse_mlm = sparse_mlm
         self.unpad = unpad
+        self.label_smoothing = 0.0  # a training setting (seq2seq fine-tuning), not saved with the model
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> PreTrainingOutput:
         hidden = self.bert(input_ids, token_type_ids, attention_mask,
                            unpad=_unpad(self.unpad, labels)).last_hidden_state
         if labels is None:
             return PreTrainingOutput(mlm_logits=self.mlm(hidden))
-        loss, logits, targets = masked_lm_loss(self.mlm, hidden, labels, self.sparse_mlm)
+        loss, logits, targets = masked_lm_loss(self.mlm, hidden, labels, self.sparse_mlm, self.label_smoothing)
         return PreTrainingOutput(loss=loss, mlm_loss=loss, mlm_logits=logits, mlm_targets=targets)
 
 

@@ -8,6 +8,7 @@
     pipe.tag(["Angela Merkel visited Paris."])                  # entities with character spans
     pipe.answer([("Where?", "She lives in Paris.")])            # answer text, character span, score
     pipe.choose([("She opened the door", ["and left.", "and ate the door."])])
+    pipe.generate(["a paragraph to ask about"], method="beam", beams=4)  # a seq2seq model (finetune --task seq2seq)
     pipe(inputs)                                                # whichever the head does
 
 Long inputs: `classify`, `tag` and `choose` truncate to the model's length (the fine-tuned max_seq_len
@@ -17,18 +18,19 @@ when the directory has one) and log a warning with the count; `answer` windows t
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from bertkit.errors import BertkitError
+from bertkit.kinds import PIPELINE_OF_HEAD
 
 log = logging.getLogger("bertkit")
 
-TASK_OF_HEAD = {"BertForSequenceClassification": "classify", "BertForTokenClassification": "tag",
-                "BertForQuestionAnswering": "answer", "BertForMultipleChoice": "choose"}
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -50,25 +52,37 @@ class Pipeline:
         resolve_precision(precision, next(model.parameters()).device, announce=False)
         self.model, self.tokenizer, self.settings = model.eval(), tokenizer, settings or {}
         self.precision, self.batch_size, self.show_progress = precision, batch_size, show_progress
-        self.task = TASK_OF_HEAD.get(type(model).__name__)
+        self.task = PIPELINE_OF_HEAD.get(type(model).__name__)
         positions = model.config.max_position_embeddings
         self.max_len = min(self.settings.get("max_seq_len") or positions, positions)
 
     @classmethod
     def from_pretrained(cls, directory: str, device: str | torch.device | None = None, precision: str = "auto",
-                        batch_size: int = 64, show_progress: bool = False) -> Pipeline:
-        """A fine-tuned directory (any HuggingFace BERT with a task head, or one written by `bertkit finetune`)."""
+                        batch_size: int = 64, show_progress: bool = False, generation: bool = False) -> Pipeline:
+        """A fine-tuned directory (any HuggingFace BERT with a task head, or one written by `bertkit finetune`);
+        generation: any model with an MLM head (BertForPreTraining too), to `generate` with."""
         from bertkit.checkpoint import load_model
         from bertkit.tokenizer import Tokenizer
         from bertkit.device import default_device
         from bertkit.train.finetune import read_task_settings
 
         model = load_model(directory)
-        if type(model).__name__ not in TASK_OF_HEAD:
+        if generation and not hasattr(model, "mlm"):
+            raise BertkitError(f"{directory}: a {type(model).__name__} has no MLM head to generate with",
+                               hint="pass a directory written by bertkit finetune --task seq2seq (a BertForMaskedLM)")
+        if not generation and type(model).__name__ not in PIPELINE_OF_HEAD:
             raise BertkitError(f"{directory}: a {type(model).__name__} has no task head",
                                hint="pass a fine-tuned directory (bertkit finetune --out), e.g. one with "
                                     "BertForSequenceClassification in config.json's architectures")
         settings = read_task_settings(directory)
+        generation = os.path.join(directory, "generation_config.json")
+        if os.path.isfile(generation):
+            from bertkit.files import read_text
+
+            try:
+                settings["generation"] = json.loads(read_text(generation))
+            except ValueError as e:
+                raise BertkitError(f"{generation}: invalid JSON ({e})", hint="fix the file, or delete it") from None
         model.to(device or default_device())
         return cls(model, Tokenizer.from_pretrained(directory), settings, precision, batch_size, show_progress)
 
@@ -206,6 +220,40 @@ class Pipeline:
                 probs = _softmax(row)
                 results[i] = {"choice": int(probs.argmax()), "probabilities": [float(p) for p in probs]}
         return results
+
+    def generate(self, sources: Sequence[str], **options) -> list[dict]:
+        """Per source text: the `generated` text and its `score` (summed log-probability); with beam search or
+        num_return > 1, also the `n_best` ({text, score}, best first). Options: those of generate.GenerateConfig
+        (method greedy|beam|sample, beams, length_penalty, max_new_tokens, top_k, top_p, temperature,
+        num_return, seed, sweeps); max_new_tokens defaults to the model's generation_config.json."""
+        from bertkit.generate import GenerateConfig, generate
+
+        if not hasattr(self.model, "mlm"):
+            raise BertkitError(f"a {type(self.model).__name__} has no MLM head to generate with",
+                               hint="use a model fine-tuned with bertkit finetune --task seq2seq")
+        saved = self.settings.get("generation", {})
+        if options.get("max_new_tokens") is None:
+            options["max_new_tokens"] = saved.get("max_new_tokens") or 48
+        cfg = GenerateConfig(**{k: v for k, v in options.items() if v is not None})
+        cfg.check()
+        for i, source in enumerate(sources):
+            if not isinstance(source, str) or not source.strip():
+                raise BertkitError(f"source {i + 1} is empty", hint="give every source some text to generate from")
+        positions = self.model.config.max_position_embeddings
+        limit = min(saved.get("bertkit", {}).get("max_seq_len") or positions, positions)
+        max_source_len = limit - cfg.max_new_tokens - 1  # (gibbs holds a final [SEP] too)
+        if max_source_len < 3:
+            raise BertkitError(f"--max-new-tokens {cfg.max_new_tokens} leaves no room for a source in the model's "
+                               f"{limit} positions", hint=f"use --max-new-tokens {max(1, limit - 16)} or less")
+        results, cut = generate(self.model, self.tokenizer, list(sources), cfg, max_source_len, self.batch_size)
+        _warn_truncated(cut, len(sources), max_source_len)
+        out = []
+        for hypotheses in results:
+            row = {"generated": hypotheses[0]["text"], "score": hypotheses[0]["score"]}
+            if cfg.method == "beam" or cfg.num_return > 1:
+                row["n_best"] = [{"text": h["text"], "score": h["score"]} for h in hypotheses]
+            out.append(row)
+        return out
 
 
 def _entities(text: str, words: list[dict]) -> list[dict]:

@@ -6,6 +6,8 @@
                     labels: per token, the word's tag id on its first piece, IGNORE_INDEX elsewhere
     SQuAD           {"input_ids", "token_type_ids", "offsets", "example_index", "start_position", "end_position"}
     multiple choice {"input_ids", "token_type_ids", "label"}          ids: one list per ending (C, L)
+    seq2seq         {"input_ids", "token_type_ids", "labels"}         `[CLS] source [SEP] target [SEP]`, segments
+                    0 / 1; labels: at each position the next target token (IGNORE_INDEX where none follows)
 
 Unlabeled examples give features without "label"/"labels"/positions. `collate` pads a batch of
 any of these into tensors named as the model's forward() arguments. Encoders that truncate
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from bertkit.data.tasks import ChoiceExample, Example, QAExample, check_labels
+from bertkit.data.tasks import ChoiceExample, Example, PairExample, QAExample, check_labels
 from bertkit.model import IGNORE_INDEX
 from bertkit.tokenizer import Tokenizer
 
@@ -219,6 +221,49 @@ def encode_choices(examples: Sequence[ChoiceExample], tokenizer: Tokenizer,
     return features, n_truncated
 
 
+def encode_seq2seq(examples: Sequence[PairExample], tokenizer: Tokenizer, max_len: int,
+                   max_target_len: int) -> tuple[list[dict], int]:
+    """Features `[CLS] source [SEP] target [SEP]` (segments 0 / 1) for UniLM fine-tuning with a shifted
+    left-to-right loss: position p is trained to predict token p + 1 over the target, so the source's [SEP]
+    predicts the first target token and the last target token predicts the final [SEP] (which stops
+    generation). The target is cut to max_target_len tokens, then the source to what is left of max_len;
+    an example cut either way is counted. Unlabeled examples (target None) give `[CLS] source [SEP]`."""
+    if max_len < max_target_len + 4:
+        raise ValueError(f"max_len={max_len} leaves no room for a source beside {max_target_len} target tokens")
+    sources = tokenizer.encode_batch([e.source for e in examples])
+    targets = tokenizer.encode_batch([e.target or "" for e in examples])
+    features, n_truncated = [], 0
+    for example, source, target in zip(examples, sources, targets):
+        if example.target is None:
+            target = None
+            cut_source = source[:max_len - 2]
+            n_truncated += len(cut_source) < len(source)
+        else:
+            cut_target = target[:max_target_len]
+            cut_source = source[:max_len - 3 - len(cut_target)]
+            n_truncated += len(cut_target) < len(target) or len(cut_source) < len(source)
+            target = cut_target
+        ids = [tokenizer.cls_token_id, *cut_source, tokenizer.sep_token_id]
+        types = [0] * len(ids)
+        feature = {"input_ids": ids, "token_type_ids": types}
+        if target is not None:
+            ids += [*target, tokenizer.sep_token_id]
+            types += [1] * (len(target) + 1)
+            start = len(cut_source) + 1  # the source's [SEP]: the first position that predicts
+            feature["labels"] = [IGNORE_INDEX] * start + ids[start + 1:] + [IGNORE_INDEX]
+        features.append(feature)
+    return features, n_truncated
+
+
+def collate_seq2seq(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """collate, with the (B, T, T) sequence-to-sequence attention mask built from the segments."""
+    from bertkit.model import seq2seq_mask
+
+    batch = collate(features, pad_token_id)
+    batch["attention_mask"] = seq2seq_mask(batch["token_type_ids"], batch["attention_mask"])
+    return batch
+
+
 # ----------------------------------------------------------------------------------------------
 # Batching
 
@@ -250,13 +295,20 @@ def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tens
     }
     if choices:
         batch = {name: tensor.view(len(features), n_choices, length) for name, tensor in batch.items()}
-    first = features[0]
-    if "label" in first:
-        labels = [feature["label"] for feature in features]
-        batch["labels"] = torch.tensor(labels, dtype=torch.long if isinstance(labels[0], int) else torch.float)
-    if "labels" in first:
-        batch["labels"] = torch.tensor(_pad([feature["labels"] for feature in features], length, IGNORE_INDEX))
-    if "start_position" in first:
-        batch["start_positions"] = torch.tensor([feature["start_position"] for feature in features])
-        batch["end_positions"] = torch.tensor([feature["end_position"] for feature in features])
+    for feature_key, batch_key, make in TARGETS:
+        if feature_key in features[0]:
+            batch[batch_key] = make([feature[feature_key] for feature in features], length)
     return batch
+
+
+def _labels(values: list, length: int) -> torch.Tensor:  # class ids, scores or multi-hot rows
+    return torch.tensor(values, dtype=torch.long if isinstance(values[0], int) else torch.float)
+
+
+# A feature's training targets: (feature key, forward() argument, values of the batch and its length -> tensor).
+TARGETS = (
+    ("label", "labels", _labels),
+    ("labels", "labels", lambda values, length: torch.tensor(_pad(values, length, IGNORE_INDEX))),  # per token
+    ("start_position", "start_positions", lambda values, length: torch.tensor(values)),
+    ("end_position", "end_positions", lambda values, length: torch.tensor(values)),
+)

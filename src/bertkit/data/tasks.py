@@ -14,6 +14,7 @@ its reader and, for GLUE, its fixed label list. The readers:
     squad       the official SQuAD v1.1 / v2.0 JSON (data -> paragraphs -> qas).
     squad2
     multiple-choice  SWAG-style CSV (sent1, sent2, ending0..N, label) or JSONL (context, endings, label).
+    seq2seq     .jsonl / .tsv / .csv with `source` and `target` fields (unlabeled input: `source` only).
 
 Every example carries a `guid` of the form `file:line` (SQuAD: the question id), so any later
 complaint about it (an unknown label, say) can point at the line. Reader errors are
@@ -80,6 +81,15 @@ class ChoiceExample:
     guid: str = ""
 
 
+@dataclass
+class PairExample:
+    """A source text and the target text to generate from it (None: unlabeled, generation input)."""
+
+    source: str
+    target: str | None = None
+    guid: str = ""
+
+
 # ----------------------------------------------------------------------------------------------
 # Locations and labels
 
@@ -124,8 +134,10 @@ def make_label_list(task: str, train_examples: Sequence[Example]) -> list[str] |
     for tagging "O" comes first and every B-X brings its I-X along, which
     encode_tagging(label_all_subtokens=True) may need.
     """
+    from bertkit.kinds import KINDS
+
     spec = TASKS[task]
-    if spec.kind in ("regression", "span", "choice"):
+    if not KINDS[spec.kind].named_labels:  # scores, spans, choice indices, target texts
         return None
     if spec.labels is not None:
         return list(spec.labels)
@@ -496,6 +508,20 @@ def read_choices(path: str, labeled: bool = True) -> list[ChoiceExample]:
     return examples
 
 
+def read_pairs(path: str, labeled: bool = True) -> list[PairExample]:
+    """Source/target pairs of a .jsonl/.json, .tsv or .csv file with `source` and `target` fields; a source
+    must hold some text (an empty one has nothing to generate from)."""
+    examples = []
+    for number, record in _records(path):
+        source = _field(path, number, record, "source")
+        if not source.strip():
+            raise BertkitError(f"{path}: line {number}: the source is empty",
+                               hint="every line needs some source text to generate from; remove the line")
+        target = _field(path, number, record, "target") if labeled else None
+        examples.append(PairExample(source, target, guid=f"{path}:{number}"))
+    return examples
+
+
 def reads_pairs(task: str | None, text_pair_column: str | None = None) -> bool:
     """Whether a task's examples are text pairs (RTE's two sentences, a classify file's --text-pair-column)."""
     return bool(text_pair_column) or (task in _GLUE and _GLUE[task].text_b is not None)
@@ -507,7 +533,7 @@ def reads_pairs(task: str | None, text_pair_column: str | None = None) -> bool:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    kind: str  # "classification" | "multi_label" | "regression" | "tagging" | "span" | "choice"
+    kind: str  # a key of kinds.KINDS: "classification", "regression", "tagging", "span", "seq2seq", ...
     metric: str  # the main metric: the headline number and what model selection maximises
     metrics: tuple[str, ...]  # every metric reported
     read: Callable[..., list]  # read(path, **options) -> examples
@@ -539,6 +565,8 @@ TASKS: dict[str, TaskSpec] = {
     "squad2": TaskSpec("span", "f1", ("exact_match", "f1"),
                        functools.partial(_read_squad_examples, version_2=True)),
     "multiple-choice": TaskSpec("choice", "accuracy", ("accuracy",), read_choices),
+    # teacher-forced next-token accuracy on dev (cheap, every epoch); generation is `bertkit generate`'s
+    "seq2seq": TaskSpec("seq2seq", "token_accuracy", ("token_accuracy", "perplexity"), read_pairs),
 }
 # classify with a label separator: any number of labels per example, each a yes/no of its own.
 # Micro-F1 (over every (example, label) decision) leads, as it weighs frequent labels by their frequency;

@@ -33,15 +33,9 @@ from bertkit.device import default_device, oversubscription_note, resolve_precis
 from bertkit.errors import BertkitError, Interrupted
 from bertkit.files import atomic_write_json, atomic_write_text, check_output_dir
 from bertkit.inference import feature_length
+from bertkit.kinds import KINDS, PROBLEM_TYPES
 from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
 
-HEADS = {"classification": "BertForSequenceClassification", "regression": "BertForSequenceClassification",
-         "multi_label": "BertForSequenceClassification",
-         "tagging": "BertForTokenClassification", "span": "BertForQuestionAnswering",
-         "choice": "BertForMultipleChoice"}
-# The loss a sentence-level kind trains with, saved as config.json's problem_type so transformers computes it too.
-PROBLEM_TYPES = {"classification": "single_label_classification", "multi_label": "multi_label_classification",
-                 "regression": "regression"}
 TASK_FILE = "bertkit_task.json"  # the task settings a fine-tuned directory was trained with
 
 
@@ -73,6 +67,8 @@ class FinetuneConfig:
     label_all_subtokens: bool = False
     doc_stride: int = 128
     max_query_len: int = 64
+    max_target_len: int = 48  # seq2seq: target tokens kept (a longer target is cut, and counted)
+    label_smoothing: float = 0.0  # seq2seq: of the token cross-entropy (UniLM used 0.1)
     null_threshold: float = 0.0
     max_train_examples: int | None = None  # a quick run on the first N training examples
     group_by_length: bool = True
@@ -92,23 +88,13 @@ class FinetuneConfig:
 
 
 def _read(cfg: FinetuneConfig, path: str | None, labeled: bool = True, training: bool = False):
-    """Examples of a file. Evaluation reads SQuAD as the official script does: every question kept."""
-    from bertkit.data.tasks import TASKS, read_choices, read_conll, read_squad
+    """Examples of a file, read as the task's kind reads it."""
+    from bertkit.data.tasks import TASKS
 
     if not path:
         raise BertkitError("no evaluation data", hint="pass --data DIR or --dev FILE")
     spec = TASKS[cfg.task]
-    if cfg.task in ("classify", "regress"):
-        examples = spec.read(path, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
-                             label_column=cfg.label_column, labeled=labeled, label_separator=cfg.label_separator)
-    elif spec.kind == "span":
-        examples = read_squad(path, version_2=cfg.task == "squad2", training=training, labeled=labeled)[0]
-    elif spec.kind == "choice":
-        examples = read_choices(path, labeled=labeled)
-    elif spec.kind == "tagging":
-        examples = read_conll(path, labeled=labeled)
-    else:
-        examples = spec.read(path)
+    examples = KINDS[spec.kind].read(cfg, spec, path, labeled, training)
     if not examples:
         raise BertkitError(f"{path}: no examples", hint="the file holds no data rows")
     return examples
@@ -138,23 +124,17 @@ def label_spec(cfg: FinetuneConfig):
     return task_spec(cfg.task, cfg.label_separator)
 
 
+def max_seq_len(cfg: FinetuneConfig, kind: str) -> int:
+    return cfg.max_seq_len or KINDS[kind].max_seq_len
+
+
 def encode(kind: str, examples, tokenizer, cfg: FinetuneConfig, label_list, training: bool):
     """Examples -> (features, number truncated)."""
-    from bertkit.data import features as F
-
-    max_len = cfg.max_seq_len or (384 if kind == "span" else 128)
-    if kind in ("classification", "multi_label", "regression"):
-        return F.encode_sentence_tasks(examples, tokenizer, max_len, label_list)
-    if kind == "tagging":
-        return F.encode_tagging(examples, tokenizer, max_len, label_list, cfg.label_all_subtokens)
-    if kind == "span":
-        feats = F.encode_squad(examples, tokenizer, max_len, cfg.doc_stride, cfg.max_query_len, training=training)
-        return feats, 0
-    return F.encode_choices(examples, tokenizer, max_len)
+    return KINDS[kind].encode(examples, tokenizer, cfg, max_seq_len(cfg, kind), label_list, training)
 
 
 def check_length(cfg: FinetuneConfig, kind: str, positions: int) -> None:
-    max_len = cfg.max_seq_len or (384 if kind == "span" else 128)
+    max_len = max_seq_len(cfg, kind)
     if max_len > positions:
         raise BertkitError(f"--max-seq-len {max_len} is longer than the model's {positions} positions",
                            hint=f"pass --max-seq-len {positions} or less")
@@ -182,58 +162,18 @@ def batches(features: list[dict], batch_size: int, rng: np.random.Generator | No
 # Evaluation
 
 
-def predict_logits(model, features, cfg: FinetuneConfig, pad_id: int, progress: str | None = None) -> list:
-    """Per-feature outputs in feature order (inference.run_features); the model goes back to training mode."""
-    from bertkit.inference import run_features
-
-    outputs = run_features(model, features, pad_id, cfg.eval_batch_size, cfg.precision,
-                           progress=progress if cfg.show_progress else None)
+def predict_logits(model, features, cfg: FinetuneConfig, pad_id: int, progress: str | None = None,
+                   kind: str = "classification") -> list:
+    """Per-feature outputs in feature order (the kind's `run`); the model goes back to training mode."""
+    outputs = KINDS[kind].run(model, features, pad_id, cfg.eval_batch_size, cfg.precision,
+                              progress if cfg.show_progress else None)
     model.train()
     return outputs
 
 
 def score(kind: str, task: str, examples, features, outputs, label_list, cfg: FinetuneConfig):
     """(metrics dict, predictions per example)."""
-    from bertkit.data.features import word_tags
-    from bertkit.eval import metrics, squad
-    from bertkit.inference import labels_above
-
-    if kind == "span":
-        starts = [o[0][:len(f["input_ids"])] for o, f in zip(outputs, features)]
-        ends = [o[1][:len(f["input_ids"])] for o, f in zip(outputs, features)]
-        spans, diffs = squad.postprocess(examples, features, starts, ends)  # the best non-null span of each
-        if not any(e.answers or e.is_impossible for e in examples):  # unlabeled input: predictions only
-            return {}, squad.apply_null_threshold(spans, diffs, cfg.null_threshold) if task == "squad2" else spans
-        if task != "squad2":
-            return squad.evaluate(examples, spans, version_2=False), spans
-        answers = squad.apply_null_threshold(spans, diffs, cfg.null_threshold)
-        result = squad.evaluate(examples, answers, version_2=True)
-        if all(e.answers or e.is_impossible for e in examples):  # labeled: tune the threshold on these answers
-            threshold, best = squad.best_null_threshold(diffs, spans, examples)
-            result.update(best_null_threshold=threshold, best_f1=best)
-        return result, answers
-    if kind == "tagging":
-        predicted = [word_tags(f, np.argmax(o[:len(f["input_ids"])], -1), label_list) for f, o in zip(features, outputs)]
-        if examples[0].label is None:
-            return {}, predicted
-        return metrics.entity_f1([e.label for e in examples], predicted), predicted
-    if kind == "multi_label":
-        predicted = [labels_above(o, label_list, cfg.threshold)[0] for o in outputs]
-        if examples[0].label is None:
-            return {}, predicted
-        return metrics.multi_label_metrics([e.label for e in examples], predicted, label_list), predicted
-    if kind == "regression":
-        preds = [float(o[0]) for o in outputs]
-        labels = [e.label for e in examples]
-        return (metrics.glue_metrics(task, preds, labels) if labels[0] is not None else {}), preds
-    preds = [int(np.argmax(o)) for o in outputs]
-    if kind == "choice":
-        labels = [e.label for e in examples]
-        return ({"accuracy": metrics.accuracy(preds, labels)} if labels[0] is not None else {}), preds
-    if examples[0].label is None:
-        return {}, [label_list[p] for p in preds]
-    labels = [label_list.index(e.label) for e in examples]
-    return metrics.glue_metrics(task, preds, labels), [label_list[p] for p in preds]
+    return KINDS[kind].score(task, examples, features, outputs, label_list, cfg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,17 +181,9 @@ def score(kind: str, task: str, examples, features, outputs, label_list, cfg: Fi
 
 
 def _load_model(kind: str, model_dir: str, label_list):
-    from bertkit import model as models
+    from bertkit.model import MODEL_CLASSES
 
-    cls = getattr(models, HEADS[kind])
-    overrides = {}
-    if kind in ("classification", "multi_label", "tagging"):
-        overrides["id2label"] = dict(enumerate(label_list))
-    elif kind == "regression":
-        overrides["id2label"] = {0: "score"}
-    if kind in PROBLEM_TYPES:
-        overrides["problem_type"] = PROBLEM_TYPES[kind]
-    return cls.from_pretrained(model_dir, **overrides)
+    return MODEL_CLASSES[KINDS[kind].head].from_pretrained(model_dir, **KINDS[kind].config(label_list))
 
 
 class Stopped(Exception):
@@ -271,7 +203,6 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
     """
     from tqdm.auto import tqdm
 
-    from bertkit.data.features import collate
     from bertkit.train.optim import build_optimizer, set_lr, warmup_linear
     from bertkit.train.state import complete_checkpoints, load_checkpoint, save_checkpoint
 
@@ -279,6 +210,8 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                                                               ("kind", "train", "dev_examples", "dev", "labels"))
     torch.manual_seed(seed)
     model = _load_model(kind, cfg.model, label_list).to(device)
+    KINDS[kind].setup(model, cfg)
+    collate = KINDS[kind].collate
     check_length(cfg, kind, model.config.max_position_embeddings)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_feats) / cfg.batch_size)
@@ -364,8 +297,8 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                     log.close()
                     raise Stopped(path, step)
         train_seconds += time.perf_counter() - window_start
-        result, _ = score(kind, cfg.task, dev_examples, dev_feats, predict_logits(model, dev_feats, cfg, pad),
-                          label_list, cfg)
+        outputs = predict_logits(model, dev_feats, cfg, pad, kind=kind)
+        result, _ = score(kind, cfg.task, dev_examples, dev_feats, outputs, label_list, cfg)
         result = {k: float(v) for k, v in result.items()}
         log.write({"step": step, "epoch": epoch, "split": "dev", **result})
         progress.write(f"seed {seed} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
@@ -415,7 +348,8 @@ def save_model_dir(model, tokenizer, out: str, cfg: FinetuneConfig, data: dict,
         "null_threshold": cfg.null_threshold if best_null_threshold is None else best_null_threshold,
         "text_column": cfg.text_column, "text_pair_column": cfg.text_pair_column, "label_column": cfg.label_column,
         "problem_type": PROBLEM_TYPES.get(data["kind"]), "label_separator": cfg.label_separator,
-        "threshold": cfg.threshold})
+        "threshold": cfg.threshold, "max_target_len": cfg.max_target_len})
+    KINDS[data["kind"]].save(out, model, tokenizer, cfg)
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
@@ -428,6 +362,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise BertkitError("no training data", hint="pass --data DIR with a train file, or --train FILE")
     if cfg.keep not in ("best", "last"):
         raise BertkitError(f"--keep {cfg.keep!r}", hint="use best or last")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise BertkitError(f"--label-smoothing {cfg.label_smoothing}: must be at least 0 and below 1", hint="e.g. 0.1")
     if cfg.save_every < 0:
         raise BertkitError(f"--save-every {cfg.save_every}: must be 0 (epoch ends only) or more", hint="e.g. 500")
     check_output_dir(cfg.out, hint="choose a new --out, pass --resume to continue the run in it, or --force to "
@@ -445,7 +381,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if spec.kind == "multi_label" and not label_list:
         raise BertkitError(f"{files['train']}: no example has a label", hint=f"is {cfg.label_column!r} the label "
                            f"column, and {cfg.label_separator!r} the separator between its labels?")
-    if spec.kind in ("classification", "multi_label", "tagging"):
+    if KINDS[spec.kind].named_labels:
         check_labels(dev_examples, label_list, files["dev"])
     train_feats, cut_train = encode(spec.kind, train_examples, tokenizer, cfg, label_list, training=True)
     dev_feats, cut_dev = encode(spec.kind, dev_examples, tokenizer, cfg, label_list, training=False)
@@ -460,9 +396,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     # the model loads (config and weights are sound) and takes --max-seq-len, before anything is written
     check_length(cfg, spec.kind, _load_model(spec.kind, cfg.model, label_list).config.max_position_embeddings)
     if len(train_feats) < cfg.batch_size:  # as pretrain: a "run" of one partial batch trains nothing of note
-        unit = "features (question windows)" if spec.kind == "span" else "examples"
-        raise BertkitError(f"the training data has {len(train_feats)} {unit}, fewer than one batch needs "
-                           f"(--batch-size {cfg.batch_size})",
+        raise BertkitError(f"the training data has {len(train_feats)} {KINDS[spec.kind].unit}, fewer than one batch "
+                           f"needs (--batch-size {cfg.batch_size})",
                            hint=f"lower --batch-size to {len(train_feats)} or less, or train on more data")
     device = default_device()
     precision = resolve_precision(cfg.precision, device)
@@ -542,14 +477,14 @@ def load_finetuned(model_dir: str, task: str):
     settings = read_task_settings(model_dir)
     model = load_model(model_dir)
     kind = TASKS[task].kind
-    if type(model).__name__ != HEADS[kind]:
+    if type(model).__name__ != KINDS[kind].head:
         raise BertkitError(f"--model {model_dir} has a {type(model).__name__} head, but --task {task} needs "
-                           f"{HEADS[kind]}", hint="pass the directory fine-tuned for this task, or the matching --task")
+                           f"{KINDS[kind].head}", hint="pass the directory fine-tuned for this task, or the matching --task")
     if settings.get("task") and settings["task"] != task and TASKS[settings["task"]].labels != TASKS[task].labels:
         raise BertkitError(f"--model {model_dir} was fine-tuned for {settings['task']}, not {task}",
                            hint=f"use --task {settings['task']}")
     labels = settings.get("labels")
-    if labels is None and model.config.id2label and kind in ("classification", "tagging"):
+    if labels is None and model.config.id2label and KINDS[kind].named_labels:
         labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
     if labels is None and kind == "classification" and TASKS[task].labels:
         labels = list(TASKS[task].labels)  # a classifier saved without label names: the task's own list
@@ -570,7 +505,7 @@ def read_task_settings(model_dir: str) -> dict:
         raise BertkitError(f"{path}: invalid JSON ({e})", hint=hint) from None
     if not isinstance(settings, dict):
         raise BertkitError(f"{path}: expected a JSON object", hint=hint)
-    for name in ("max_seq_len", "doc_stride", "max_query_len"):
+    for name in ("max_seq_len", "doc_stride", "max_query_len", "max_target_len"):
         value = settings.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise BertkitError(f"{path}: {name} should be a positive integer or null, got {value!r}", hint=hint)
@@ -626,12 +561,12 @@ def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
     check_length(cfg, kind, model.config.max_position_embeddings)
     files = task_files(cfg)
     examples = _read(cfg, files["dev"])
-    if kind in ("classification", "multi_label", "tagging"):
+    if KINDS[kind].named_labels:
         check_labels(examples, labels, files["dev"], known_from="the model's labels")
     feats, _ = encode(kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
-    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="evaluate")
+    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="evaluate", kind=kind)
     result, _ = score(kind, cfg.task, examples, feats, outputs, labels, cfg)
     result = {k: float(v) for k, v in result.items()}
     # not eval_results.json: that is the fine-tune's own record of its dev score, kept as it was
@@ -652,21 +587,11 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     feats, _ = encode(spec.kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
-    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="predict")
+    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="predict", kind=spec.kind)
     _, predictions = score(spec.kind, cfg.task, _unlabel(examples), feats, outputs, labels, cfg)
-    if spec.kind == "span":
-        lines = [json.dumps({"id": e.id, "answer": predictions.get(e.id, "")}, ensure_ascii=False) for e in examples]
-    elif spec.kind == "tagging":
-        lines = [json.dumps({"words": e.words, "tags": tags}, ensure_ascii=False) for e, tags in zip(examples, predictions)]
-    elif cfg.task in GLUE_TASKS:
-        lines = ["index\tprediction"] + [f"{i}\t{p}" for i, p in enumerate(predictions)]
-    else:
-        lines = [json.dumps({"prediction": p}, ensure_ascii=False) for p in predictions]
+    lines = KINDS[spec.kind].write(cfg.task, examples, predictions)
     atomic_write_text(output, "\n".join(lines) + "\n")
     return len(examples)
-
-
-GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 
 
 def _unlabel(examples):
