@@ -195,11 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         for number, running in enumerate(todo, 1):
             task, name, seed = running
             model = payoff.random_twin(models["nsp"], args.out, seed) if name == "random" else models[name]
-            record = payoff.finetune_one(args, task, name, seed, model, **files[task])
-            payoff.append_result(results_path, record)
-            results[running] = record
-            print(f"[{number}/{len(todo)}] {GLUE_DIRS[task]} seed {seed} {name}: {record['metric']} "
-                  f"{record['value']:.4f} ({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
+            payoff.finetune_and_record(args, running, model, files[task], results, results_path,
+                                       f"{number}/{len(todo)}")
     except (Failure, BertkitError) as e:
         print(f"objectives.py: error: {e}", file=sys.stderr)
         return 2

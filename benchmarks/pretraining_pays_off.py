@@ -341,6 +341,17 @@ def finetune_one(args, task: str, init: str, seed: int, model: str, train: str, 
             "seconds": round(seconds, 1), "model": model}
 
 
+def finetune_and_record(args, entry: tuple[str, str, int], model: str, paths: dict, results: dict,
+                        results_path: str, progress: str) -> None:
+    """Fine-tune one (task, init, seed) entry, append its line to results.jsonl and say it on stderr."""
+    task, init, seed = entry
+    record = finetune_one(args, task, init, seed, model, **paths)
+    append_result(results_path, record)
+    results[entry] = record
+    print(f"[{progress}] {GLUE_DIRS[task]} seed {seed} {init}: {record['metric']} {record['value']:.4f} "
+          f"({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # The table
 
@@ -492,11 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         for number, running in enumerate(todo, 1):
             task, init, seed = running
             model = random_twin(pretrained, args.out, seed) if init == "random" else models[init]
-            record = finetune_one(args, task, init, seed, model, **files[task])
-            append_result(results_path, record)
-            results[running] = record
-            print(f"[{number}/{len(todo)}] {GLUE_DIRS[task]} seed {seed} {init}: {record['metric']} "
-                  f"{record['value']:.4f} ({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
+            finetune_and_record(args, running, model, files[task], results, results_path, f"{number}/{len(todo)}")
     except (Failure, BertkitError) as e:
         print(f"pretraining_pays_off.py: error: {e}", file=sys.stderr)
         return 2
