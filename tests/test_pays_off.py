@@ -93,3 +93,20 @@ def test_missing_glue_data_is_one_clear_line(payoff, tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(error) == 1
     assert "GLUE data not found" in error[0] and "--glue-dir" in error[0] and "nowhere/RTE/train.tsv" in error[0]
+
+
+def test_finetune_and_record_appends_one_line_and_says_it(payoff, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_finetune_one(args, task, init, seed, model, train, dev):
+        calls.append((task, init, seed, model, train, dev))
+        return record(task, init, seed, 0.75, model=model) | {"seconds": 3.0}
+
+    monkeypatch.setattr(payoff, "finetune_one", fake_finetune_one)
+    results, path = {}, str(tmp_path / "results.jsonl")
+    payoff.finetune_and_record(None, ("rte", "random", 2), "/twin", {"train": "t.tsv", "dev": "d.tsv"}, results,
+                               path, "1/4")
+    assert calls == [("rte", "random", 2, "/twin", "t.tsv", "d.tsv")]
+    assert results[("rte", "random", 2)]["value"] == 0.75
+    assert payoff.load_results(path, {})[("rte", "random", 2)]["model"] == "/twin"
+    assert "[1/4] RTE seed 2 random: accuracy 0.7500 (3 s)" in capsys.readouterr().err
