@@ -26,9 +26,12 @@ wall clock is the fair comparison, as Clark et al. 2020, table 1), and each task
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
+import shutil
+import signal
 import statistics
 import sys
 
@@ -95,6 +98,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--keep-models", action="store_true")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--overlap", action="store_true",
+                   help="pre-train on half of the CPUs while fine-tuning the setups already pre-trained on the other "
+                        "half (every pre-training then has fine-tuning beside it, alike for all; the random twins "
+                        "take the preset's config, so they need no pre-training); saves about an hour")
     args = p.parse_args(argv)
     offered = available_setups()
     if args.setups is None:
@@ -104,10 +111,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         unknown = [s for s in args.setups if s not in offered]
         if unknown:
             p.error(f"--setups {','.join(unknown)}: choose from {', '.join(offered)}")
-    if "random" in args.setups and "nsp" not in args.setups:
-        p.error("--setups random needs nsp too (the random-init twins take the nsp model's config)")
     args.data = [os.path.abspath(d) for d in args.data]
     return args
+
+
+def random_template(args) -> str:
+    """OUT/random-template: what every setup's model starts as, the preset's config with the data's vocabulary and
+    its tokenizer files, written as `bertkit pretrain` writes a model (random_twin copies its config and tokenizer
+    and draws the weights per seed)."""
+    from bertkit.model import BertForPreTraining
+    from bertkit.tokenizer import Tokenizer
+    from bertkit.train.pretrain import load_model_config
+
+    template = os.path.join(args.out, "random-template")
+    if not os.path.isfile(os.path.join(template, "config.json")):
+        tokenizer = Tokenizer.from_pretrained(os.path.join(args.data[0], "tokenizer"))
+        config = dataclasses.replace(load_model_config(args.model_config), vocab_size=tokenizer.vocab_size,
+                                     pad_token_id=tokenizer.pad_token_id)
+        tmp = template + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        BertForPreTraining(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp, model_max_length=config.max_position_embeddings)
+        os.replace(tmp, template)
+    return template
 
 
 def pretrain_run(args, name: str) -> str:
@@ -152,16 +178,93 @@ def render(args, argv: list[str], results: dict, data_notes: list[str]) -> str:
               f"epochs {args.epochs:g}, lr {args.lr:g}, batch {args.batch_size}, max seq len {args.max_seq_len}, "
               f"warmup {args.warmup:g}, the {args.keep} epoch's model, seeds {', '.join(map(str, args.seeds))}. "
               + " ".join(data_notes))
+    if args.overlap:
+        recipe += (" Run with --overlap: each pre-training ran on half of the CPUs while the setups already pre-trained "
+                   "were fine-tuned on the other half (the same for every setup), so its tokens/s are those of half "
+                   "the machine.")
     caption = ("Dev-set scores x 100, mean ± sample std over the seeds. Held-out MLM accuracy: 15% of 1,024 held-out "
                "samples' tokens, fixed masks (for electra: its generator's).")
     return "\n".join([f"# Pre-training objectives at an equal budget: `{command}`", "", machine_summary(), "",
                       recipe, "", *rows, "", caption, ""])
 
 
+def pretrain_into(args, name: str, models: dict) -> None:
+    run = pretrain_run(args, name)
+    payoff.pretrain_into(run, args.data, args.budget, pretrain_options(args, name), log_path(args, name))
+    models[name] = os.path.abspath(os.path.join(run, "model"))
+
+
+def pretrain_options(args, name: str) -> list[str]:
+    return ["--model-config", args.model_config, *SETUPS[name], *shlex.split(args.pretrain_args)]
+
+
+def log_path(args, name: str) -> str:
+    return os.path.join(args.out, f"{name}.log")
+
+
+def finetune(args, entry, models: dict, files: dict, results: dict, results_path: str, progress: str) -> None:
+    task, name, seed = entry
+    model = payoff.random_twin(models["random"], args.out, seed) if name == "random" else models[name]
+    payoff.finetune_and_record(args, entry, model, files[task], results, results_path, progress)
+
+
+def overlapped(args, pretraining: list[str], models: dict, todo: list, files: dict, results: dict,
+               results_path: str):
+    """--overlap: the pre-training runs one after another on the first half of this process's CPUs while this
+    process fine-tunes, on the other half, whatever is ready (the random twins at once, a setup's entries once its
+    pre-training has finished); the rest runs on all the CPUs. Returns the entry last started (for the message
+    when stopped)."""
+    import torch
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise Failure(f"--overlap needs at least 2 CPUs; this process may use {len(cpus)}")
+    pre_cpus, fine_cpus = set(cpus[:len(cpus) // 2]), set(cpus[len(cpus) // 2:])
+    os.sched_setaffinity(0, fine_cpus)
+    torch.set_num_threads(len(fine_cpus))
+    waiting, process, current, entry = list(pretraining), None, None, None
+    todo, done = list(todo), 0
+    previous = signal.signal(signal.SIGTERM, payoff.stop)
+    try:
+        while waiting or process or todo:
+            if process is not None and (process.poll() is not None or not any(e[1] in models for e in todo)):
+                payoff.finish_pretraining(process, pretrain_run(args, current), log_path(args, current))
+                models[current] = os.path.abspath(os.path.join(pretrain_run(args, current), "model"))
+                process = None
+            if process is None and waiting:
+                current = waiting.pop(0)
+                process = payoff.start_pretraining(pretrain_run(args, current), args.data, args.budget,
+                                                   pretrain_options(args, current), log_path(args, current),
+                                                   cpus=pre_cpus)
+                if process is None:  # finished before
+                    models[current] = os.path.abspath(os.path.join(pretrain_run(args, current), "model"))
+                continue
+            if process is None and not waiting:  # the pre-training is over: all the CPUs for the rest
+                os.sched_setaffinity(0, set(cpus))
+                torch.set_num_threads(len(cpus))
+            ready = [e for e in todo if e[1] in models]
+            if not ready:
+                continue  # the loop's first test waits for the running pre-training
+            entry = ready[0]
+            todo.remove(entry)
+            done += 1
+            finetune(args, entry, models, files, results, results_path, f"{done}/{done + len(todo)}")
+    except (KeyboardInterrupt, Interrupted):
+        if process is not None:
+            payoff.stop_pretraining(process)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    from bertkit.device import machine_summary
     from bertkit.machine import choose_wait_policy
+
+    machine_summary()  # read (and cached) before --overlap narrows this process to part of the CPUs
 
     results_path = os.path.join(args.out, payoff.RESULTS)
     running = None
@@ -175,14 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         payoff.check_recipe(args.out, {"budget": args.budget, "model_config": args.model_config,
                                        "pretrain_args": args.pretrain_args, "data": args.data,
                                        **{k: getattr(args, k) for k in payoff.RECIPE}})
-        models = {}
-        for name in args.setups:  # all the pre-training first: each alone on the machine
-            if SETUPS[name] is not None:
-                run = pretrain_run(args, name)
-                options = ["--model-config", args.model_config, *SETUPS[name], *shlex.split(args.pretrain_args)]
-                payoff.pretrain_into(run, args.data, args.budget, options, os.path.join(args.out, f"{name}.log"))
-                models[name] = os.path.abspath(os.path.join(run, "model"))
-        results = payoff.load_results(results_path, models)
+        models = {"random": random_template(args)}
+        pretraining = [name for name in args.setups if SETUPS[name] is not None]
+        if not args.overlap:  # all the pre-training first: each alone on the machine
+            for name in pretraining:
+                pretrain_into(args, name, models)
+        results = payoff.load_results(results_path, {n: m for n, m in models.items() if n != "random"})
         data_notes = []
         for task in args.tasks:
             train, used, available = payoff.capped_train_file(task, files[task]["train"], args.max_train_examples,
@@ -192,11 +293,11 @@ def main(argv: list[str] | None = None) -> int:
                 data_notes.append(f"{GLUE_DIRS[task]} trains on {used:,} of its {available:,} examples (a fixed "
                                   f"random subset, seed {payoff.SUBSET_SEED}).")
         todo = payoff.pending(results, args.tasks, args.seeds, args.setups)
-        for number, running in enumerate(todo, 1):
-            task, name, seed = running
-            model = payoff.random_twin(models["nsp"], args.out, seed) if name == "random" else models[name]
-            payoff.finetune_and_record(args, running, model, files[task], results, results_path,
-                                       f"{number}/{len(todo)}")
+        if args.overlap:
+            running = overlapped(args, pretraining, models, todo, files, results, results_path)
+        else:
+            for number, running in enumerate(todo, 1):
+                finetune(args, running, models, files, results, results_path, f"{number}/{len(todo)}")
     except (Failure, BertkitError) as e:
         print(f"objectives.py: error: {e}", file=sys.stderr)
         return 2

@@ -138,31 +138,51 @@ def run_pretraining(args) -> None:
 def pretrain_into(run: str, data: list[str], budget: str, options: list[str], log: str) -> None:
     """`bertkit pretrain --data DATA --out RUN --budget BUDGET OPTIONS`, continued with --resume when a checkpoint
     is there; a finished run (RUN/model) is used as it is. Ctrl-C or SIGTERM stops it with a checkpoint."""
-    model = os.path.join(run, "model")
-    if os.path.isfile(os.path.join(model, "config.json")):
-        print(f"pre-training: using the finished run in {run}", file=sys.stderr)
+    process = start_pretraining(run, data, budget, options, log)
+    if process is None:
         return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        process.wait()
+    except (KeyboardInterrupt, Interrupted):
+        stop_pretraining(process)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    finish_pretraining(process, run, log)
+
+
+def start_pretraining(run: str, data: list[str], budget: str, options: list[str], log: str,
+                      cpus: set[int] | None = None) -> subprocess.Popen | None:
+    """Start pretrain_into's command in the background (on `cpus` only, when given); None for a finished run."""
+    if os.path.isfile(os.path.join(run, "model", "config.json")):
+        print(f"pre-training: using the finished run in {run}", file=sys.stderr)
+        return None
     command = [sys.executable, "-m", "bertkit", "pretrain", "--data", *data, "--out", run,
                "--budget", budget, "--quiet", *options]
     if os.path.isdir(os.path.join(run, "checkpoints")):
         command.append("--resume")
-    print(f"pre-training for {budget}: {shlex.join(command)} (log: {log})", file=sys.stderr, flush=True)
+    where = f" on CPU {','.join(map(str, sorted(cpus)))}" if cpus else ""
+    print(f"pre-training for {budget}{where}: {shlex.join(command)} (log: {log})", file=sys.stderr, flush=True)
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"$ {shlex.join(command)}\n")
         f.flush()
         # its own session, so that Ctrl-C reaches this script alone, which passes pretrain one SIGINT: it saves a
         # checkpoint and stops (a second signal would stop it at once, without one)
-        process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        previous = signal.signal(signal.SIGTERM, stop)
-        try:
-            status = process.wait()
-        except (KeyboardInterrupt, Interrupted):
-            process.send_signal(signal.SIGINT)
-            process.wait()
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-    if status != 0 or not os.path.isfile(os.path.join(model, "config.json")):
+        return subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+
+
+def stop_pretraining(process: subprocess.Popen) -> None:
+    """One SIGINT: pretrain saves a checkpoint and stops; wait for it."""
+    process.send_signal(signal.SIGINT)
+    process.wait()
+
+
+def finish_pretraining(process: subprocess.Popen, run: str, log: str) -> None:
+    """Wait for a started pre-training and check that it wrote RUN/model."""
+    status = process.wait()
+    if status != 0 or not os.path.isfile(os.path.join(run, "model", "config.json")):
         with open(log, encoding="utf-8", errors="replace") as f:
             last = f.read().strip().splitlines()[-1:] or ["(empty)"]
         raise Failure(f"bertkit pretrain exited with status {status}; its last line: {last[0]} "
