@@ -45,6 +45,9 @@ def test_pretrain_electra_through_the_cli_saves_what_transformers_and_finetuning
     for cls, path in ((transformers.ElectraForPreTraining, model_dir), (transformers.ElectraForMaskedLM, generator_dir)):
         hf, info = cls.from_pretrained(path, output_loading_info=True)
         assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], (path, info)
+    # both directories load on their own, tokenizer included (a fill-mask pipeline can use the generator)
+    assert (generator_dir / "vocab.txt").read_bytes() == (model_dir / "vocab.txt").read_bytes()
+    transformers.AutoTokenizer.from_pretrained(generator_dir)
     # the generator is the smaller model, and both hold the same (shared) embeddings
     disc, gen = load_file(model_dir / "model.safetensors"), load_file(generator_dir / "model.safetensors")
     word = "electra.embeddings.word_embeddings.weight"

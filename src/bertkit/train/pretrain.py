@@ -32,6 +32,7 @@ import torch
 from bertkit.config import BertConfig, preset
 from bertkit.data.pretraining import MASK_PROB as MASK_RATE
 from bertkit.device import PRECISIONS, Precision, oversubscription_note, resolve_precision, to_device
+from bertkit.electra import GENERATOR_DIR
 from bertkit.errors import BertkitError, Interrupted
 from bertkit.files import atomic_write_json, check_output_dir
 from bertkit.model import SelfAttention
@@ -620,7 +621,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
         tmp = final + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         objective.save(model, tmp)
-        tokenizer.save_pretrained(tmp, model_max_length=model.config.max_position_embeddings)
+        for directory in (tmp, os.path.join(tmp, GENERATOR_DIR)):  # ELECTRA's generator is a model of its own too
+            if os.path.isdir(directory):
+                tokenizer.save_pretrained(directory, model_max_length=model.config.max_position_embeddings)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         try:
