@@ -225,11 +225,12 @@ class Pipeline:
         return results
 
     def generate(self, sources: Sequence[str], **options) -> list[dict]:
-        """Per source text: the `generated` text and its `score` (summed log-probability; mask-predict: the mean);
-        with beam search or num_return > 1, also the `n_best` ({text, score}, best first). Options: those of generate.GenerateConfig
-        (method greedy|beam|sample|gibbs|mask-predict, beams, length_penalty, max_new_tokens, top_k, top_p, temperature,
-        num_return, seed, sweeps, iterations, lengths); max_new_tokens and mask-predict's lengths default to the
-        model's generation_config.json, whose objective decides which methods the model may use."""
+        """Per source text: the `generated` text and its `score` (summed log-probability; mask-predict: the
+        mean); with beam search or num_return > 1, also the `n_best` ({text, score}, best first). Options: those
+        of generate.GenerateConfig (method greedy|beam|sample|gibbs|mask-predict, beams, length_penalty,
+        max_new_tokens, top_k, top_p, temperature, num_return, seed, sweeps, iterations, lengths);
+        max_new_tokens and mask-predict's lengths default to the model's generation_config.json, whose
+        objective decides which methods the model may use."""
         from bertkit.generate import GenerateConfig, check_objective, generate
 
         if not hasattr(self.model, "mlm"):
