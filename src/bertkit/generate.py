@@ -10,8 +10,8 @@ cache holds them right-padded to S, the generated tokens follow at cache index S
 len(source) + t, so each row's positions are those it was trained with; a key mask hides the padding.
 `use_cache=False` recomputes the whole sequence at each step: the reference the tests hold the cache to.
 
-Methods for such a model: greedy; beam (`beams` hypotheses, scored by summed log-probability / length ** length_penalty, as
-transformers does, and its stopping rule); sample (temperature, then top-k, then
+Methods for such a model: greedy; beam (`beams` hypotheses, scored by summed log-probability /
+length ** length_penalty, as transformers does, and its stopping rule); sample (temperature, then top-k, then
 top-p (nucleus) filtering, a torch.Generator seeded per call, so a seed reproduces the output); gibbs (Wang &
 Cho 2019: from any MLM, re-sample masked target positions one at a time for some sweeps; see gibbs_ids for why
 it is not a proper sample).

@@ -367,7 +367,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if not 0 <= cfg.label_smoothing < 1:
         raise BertkitError(f"--label-smoothing {cfg.label_smoothing}: must be at least 0 and below 1", hint="e.g. 0.1")
     if cfg.target_masking not in TARGET_MASKINGS:
-        raise BertkitError(f"--target-masking {cfg.target_masking!r}", hint=f"choose one of: {', '.join(TARGET_MASKINGS)}")
+        raise BertkitError(f"--target-masking {cfg.target_masking!r}",
+                           hint=f"choose one of: {', '.join(TARGET_MASKINGS)}")
     if cfg.save_every < 0:
         raise BertkitError(f"--save-every {cfg.save_every}: must be 0 (epoch ends only) or more", hint="e.g. 500")
     check_output_dir(cfg.out, hint="choose a new --out, pass --resume to continue the run in it, or --force to "
