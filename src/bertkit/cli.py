@@ -282,7 +282,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     options = dict(method=args.method, beams=args.beams, length_penalty=args.length_penalty,
                    max_new_tokens=args.max_new_tokens, top_k=args.top_k, top_p=args.top_p,
                    temperature=args.temperature, num_return=args.num_return, seed=args.seed,
-                   sweeps=args.sweeps)
+                   sweeps=args.sweeps, iterations=args.iterations, lengths=args.length_candidates)
     GenerateConfig(**{k: v for k, v in options.items() if v is not None}).check()  # before the model loads
     lines = read_lines(args.input, skip_empty=False)
     if args.input.endswith((".jsonl", ".json")):
@@ -305,6 +305,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
     atomic_write_text(args.output, "".join(json.dumps({**r, **result}, ensure_ascii=False) + "\n"
                                            for (_, r), result in zip(records, results)))
     print(f"wrote {args.output}: {len(records)} sources", file=sys.stderr)
+
+
+def length_list(text: str) -> tuple[int, ...]:
+    try:
+        lengths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        lengths = ()
+    if not lengths or min(lengths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, comma-separated (e.g. 4,6,8), got {text!r}")
+    return lengths
 
 
 def positive_int(text: str) -> int:
@@ -563,6 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seq2seq: target tokens kept; longer targets are cut (and counted)")
     p.add_argument("--label-smoothing", type=float, default=0.0,
                    help="seq2seq: label smoothing of the token cross-entropy (e.g. 0.1)")
+    p.add_argument("--target-masking", help="seq2seq: shifted (default; each position predicts the next target "
+                                            "token: greedy, beam, sample) or uniform (1..all target tokens masked "
+                                            "at random and predicted, a conditional MLM: generate --method "
+                                            "mask-predict)")
     p.add_argument("--max-train-examples", type=positive_int, help="train on the first N examples (a quick run)")
     p.add_argument("--log-every", type=positive_int, default=None,
                    help="steps between metrics.jsonl lines (default: about 50 over the run, at most every 50)")
@@ -602,8 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a model with an MLM head, fine-tuned for seq2seq")
     p.add_argument("--input", required=True, help="sources: JSON Lines with a \"source\" field, or one per line")
     p.add_argument("--output", required=True, help="JSON Lines: each input record with \"generated\" and \"score\"")
-    p.add_argument("--method", choices=["greedy", "beam", "sample", "gibbs"], default="greedy",
-                   help="gibbs: re-sample [MASK]ed positions with the MLM head (any MLM; not a proper sample)")
+    p.add_argument("--method", choices=["greedy", "beam", "sample", "gibbs", "mask-predict"], default="greedy",
+                   help="gibbs: re-sample [MASK]ed positions with the MLM head (any MLM; not a proper sample); "
+                        "mask-predict: a model fine-tuned with --target-masking uniform")
     p.add_argument("--beams", type=int, default=4, help="beam: hypotheses kept")
     p.add_argument("--length-penalty", type=float, default=1.0,
                    help="beam: scores are log-probability / length ** this (above 1 favours longer)")
@@ -613,6 +628,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sample: below 1 sharper, above 1 flatter")
     p.add_argument("--num-return", type=int, default=1, help="sequences per source (beam's n-best, or samples)")
     p.add_argument("--sweeps", type=int, default=4, help="gibbs: passes over the target positions")
+    p.add_argument("--iterations", type=int, default=10,
+                   help="mask-predict: passes; each after the first re-masks and re-predicts the least confident")
+    p.add_argument("--length-candidates", type=length_list,
+                   help="mask-predict: target lengths to try, comma-separated (e.g. 4,6,8); the one with the best "
+                        "mean log-probability wins (default: the model's most frequent training target lengths)")
     p.add_argument("--seed", type=seed_int, help="sample, gibbs: the same seed gives the same samples")
     p.add_argument("--batch-size", type=positive_int, default=32)
     add_compute_options(p)

@@ -10,12 +10,18 @@ cache holds them right-padded to S, the generated tokens follow at cache index S
 len(source) + t, so each row's positions are those it was trained with; a key mask hides the padding.
 `use_cache=False` recomputes the whole sequence at each step: the reference the tests hold the cache to.
 
-Methods: greedy; beam (`beams` hypotheses, scored by summed log-probability / length ** length_penalty, as
-transformers does, and its stopping rule); sample (temperature, then top-k, then
+Methods for such a model: greedy; beam (`beams` hypotheses, scored by summed log-probability /
+length ** length_penalty, as transformers does, and its stopping rule); sample (temperature, then top-k, then
 top-p (nucleus) filtering, a torch.Generator seeded per call, so a seed reproduces the output); gibbs (Wang &
 Cho 2019: from any MLM, re-sample masked target positions one at a time for some sweeps; see gibbs_ids for why
-it is not a proper sample). Left out for now: mask-predict (Ghazvininejad et al. 2019), which needs a model
-fine-tuned with uniformly random target masking.
+it is not a proper sample).
+
+mask-predict (Ghazvininejad et al. 2019) decodes a model fine-tuned as a conditional masked LM
+(`finetune --task seq2seq --target-masking uniform`: 1..m random target tokens masked, the target seeing the
+whole target, model.cmlm_mask). It needs the target length up front; instead of the paper's length predictor
+it tries a few candidate lengths (by default the most frequent training target lengths, saved in
+generation_config.json) and keeps the one with the best mean log-probability. generation_config.json names
+the objective a model was trained with; OBJECTIVE_METHODS says which methods each may use.
 """
 
 from __future__ import annotations
@@ -26,9 +32,20 @@ from dataclasses import dataclass
 import torch
 
 from bertkit.errors import BertkitError
-from bertkit.model import KVCache
+from bertkit.model import KVCache, cmlm_mask
 
-METHODS = ("greedy", "beam", "sample", "gibbs")
+METHODS = ("greedy", "beam", "sample", "gibbs", "mask-predict")
+LEFT_TO_RIGHT = ("greedy", "beam", "sample")
+
+# generation_config.json's bertkit "objective" (kinds.TARGET_MASKINGS) -> the methods its model decodes with.
+# A conditional MLM never learnt to predict the next token at the last position, and a shifted model never saw
+# a masked target, so each refuses the other's methods; gibbs works from any MLM. A model without the field
+# (an MLM from elsewhere) is taken as left to right, as before mask-predict.
+OBJECTIVE_METHODS = {
+    "unilm-shifted": (*LEFT_TO_RIGHT, "gibbs"),
+    "cmlm": ("mask-predict", "gibbs"),
+    None: (*LEFT_TO_RIGHT, "gibbs"),
+}
 
 
 @dataclass
@@ -43,6 +60,8 @@ class GenerateConfig:
     num_return: int = 1  # sequences per source: beam's n-best, or independent samples
     seed: int | None = None
     sweeps: int = 4  # gibbs: passes over the target positions
+    iterations: int = 10  # mask-predict: passes (T in the paper, which used 10)
+    lengths: tuple[int, ...] | None = None  # mask-predict: target lengths tried; None: the model's saved ones
     use_cache: bool = True
 
     def check(self) -> None:
@@ -61,14 +80,38 @@ class GenerateConfig:
             raise BertkitError(f"--temperature {self.temperature}: must be a positive number", hint="e.g. 0.7")
         if self.sweeps < 1:
             raise BertkitError(f"--sweeps {self.sweeps}: must be at least 1", hint="e.g. --sweeps 4")
+        if self.iterations < 1:
+            raise BertkitError(f"--iterations {self.iterations}: must be at least 1", hint="e.g. --iterations 10")
+        if self.lengths is not None and (not self.lengths or min(self.lengths) < 1):
+            raise BertkitError(f"--length-candidates {self.lengths}: every length must be at least 1",
+                               hint="e.g. --length-candidates 4,6,8")
         if self.num_return < 1:
             raise BertkitError(f"--num-return {self.num_return}: must be at least 1", hint="e.g. --num-return 3")
         if self.method == "greedy" and self.num_return > 1:
             raise BertkitError(f"--num-return {self.num_return} with greedy decoding: it has one answer",
                                hint="use --method beam or sample for several sequences per source")
+        if self.method == "mask-predict" and self.lengths is not None and self.num_return > len(set(self.lengths)):
+            raise BertkitError(f"--num-return {self.num_return} with {len(set(self.lengths))} length candidates: "
+                               "mask-predict gives one sequence per length", hint="pass more --length-candidates")
         if self.method == "beam" and self.num_return > self.beams:
             raise BertkitError(f"--num-return {self.num_return} is more than --beams {self.beams}",
                                hint=f"raise --beams to {self.num_return} or more")
+
+
+def check_objective(method: str, objective: str | None, model_name: str) -> None:
+    """A BertkitError unless a model trained with `objective` (generation_config.json) decodes with `method`."""
+    if objective not in OBJECTIVE_METHODS:
+        raise BertkitError(f"{model_name}: generation_config.json names an unknown objective {objective!r}",
+                           hint=f"expected one of: {', '.join(o for o in OBJECTIVE_METHODS if o)}")
+    if method in OBJECTIVE_METHODS[objective]:
+        return
+    if method == "mask-predict":
+        trained = f"was trained left to right ({objective})" if objective else "names no seq2seq objective"
+        raise BertkitError(f"--method mask-predict: {model_name} {trained}; mask-predict needs a conditional "
+                           "masked LM", hint="use --method greedy, beam or sample, or fine-tune with bertkit "
+                                             "finetune --task seq2seq --target-masking uniform")
+    raise BertkitError(f"--method {method}: {model_name} is a conditional masked LM (--target-masking uniform), "
+                       "not trained to predict the next token", hint="use --method mask-predict")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,6 +329,72 @@ def gibbs_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: int,
             for b in range(B)]
 
 
+@torch.no_grad()
+def mask_predict_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: int, pad_id: int,
+                     mask_id: int) -> list[list[dict]]:
+    """Mask-predict (Ghazvininejad et al. 2019) from a conditional masked LM. Per source and candidate length
+    L (cfg.lengths): `[CLS] source [SEP] [MASK] x L [SEP]` under model.cmlm_mask; the first pass predicts every
+    target token at once (argmax, keeping its log-probability); pass t = 1 .. T-1 (T = cfg.iterations)
+    re-masks the floor(L (T - t) / T) least confident tokens and predicts those again, updating their tokens
+    and log-probabilities. A source's hypotheses are its lengths, best mean log-probability first (the score).
+
+    The final [SEP] is fixed, not predicted: the length candidate decides where the target ends (training
+    masks it like any target token, so the model also learns where a target of that length ends). Special
+    tokens ([CLS], [SEP], [PAD], [MASK]) are never predicted inside the target. All sources and lengths run
+    as one batch of B * K rows."""
+    if not cfg.lengths:
+        raise BertkitError("mask-predict: no target lengths to try", hint="pass --length-candidates, e.g. 4,6,8")
+    device = next(model.parameters()).device
+    lengths = sorted(set(cfg.lengths))
+    rows = [(source, n) for source in sources for n in lengths]  # row b * K + k: source b, length k
+    T = max(len(source) + n + 1 for source, n in rows)
+    N = max(lengths)
+    ids = torch.tensor([s + [mask_id] * n + [sep_id] + [pad_id] * (T - len(s) - n - 1) for s, n in rows],
+                       device=device)  # (R, T)
+    types = torch.tensor([[0] * len(s) + [1] * (n + 1) + [0] * (T - len(s) - n - 1) for s, n in rows], device=device)
+    attention = torch.tensor([[1] * (len(s) + n + 1) + [0] * (T - len(s) - n - 1) for s, n in rows], device=device)
+    mask = cmlm_mask(types, attention)  # (R, T, T)
+    target_len = torch.tensor([n for _, n in rows], device=device)  # (R,)
+    starts = torch.tensor([len(s) for s, _ in rows], device=device)  # (R,) the first target position
+    valid = torch.arange(N, device=device)[None, :] < target_len[:, None]  # (R, N): the row's target, no further
+    index = torch.where(valid, starts[:, None] + torch.arange(N, device=device)[None, :], 0)  # (R, N) into T
+    special = torch.tensor(sorted({sep_id, pad_id, mask_id, sources[0][0]}), device=device)  # [CLS] starts a source
+
+    def predict() -> tuple[torch.Tensor, torch.Tensor]:
+        """The argmax token at every target position and its log-probability, (R, N) each."""
+        hidden = model.bert(ids, types, mask).last_hidden_state  # (R, T, H)
+        hidden = hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.shape[-1]))  # (R, N, H)
+        logprobs = model.mlm(hidden).float().log_softmax(-1)  # (R, N, V)
+        logprobs[..., special] = -math.inf
+        best, chosen = logprobs.max(-1)
+        return chosen, best
+
+    def write(chosen: torch.Tensor, values: torch.Tensor) -> None:  # chosen: (R, N) bool; values: (R, N)
+        r, c = chosen.nonzero(as_tuple=True)
+        ids[r, index[r, c]] = values[r, c]
+
+    tokens, scores = predict()  # pass 1: every target token at once
+    write(valid, tokens)
+    scores = scores.masked_fill(~valid, math.inf)  # beyond a row's length: never re-masked
+    for t in range(1, cfg.iterations):
+        n = target_len * (cfg.iterations - t) // cfg.iterations  # (R,) tokens re-masked this pass
+        if not bool(n.any()):
+            break  # n only shrinks: nothing is left to re-mask
+        rank = scores.argsort(dim=1, stable=True).argsort(dim=1)  # (R, N): 0 = the least confident
+        remask = rank < n[:, None]
+        write(remask, torch.full_like(tokens, mask_id))
+        new_tokens, new_scores = predict()
+        tokens, scores = torch.where(remask, new_tokens, tokens), torch.where(remask, new_scores, scores)
+        write(remask, tokens)
+    means = (torch.where(valid, scores, 0.0).sum(1) / target_len).tolist()  # (R,) mean log-probability
+    K, results = len(lengths), []
+    for b in range(len(sources)):
+        hypotheses = [{"ids": tokens[row, :lengths[row - b * K]].tolist(), "score": means[row], "finished": True}
+                      for row in range(b * K, (b + 1) * K)]
+        results.append(sorted(hypotheses, key=lambda h: -h["score"])[:cfg.num_return])
+    return results
+
+
 # ----------------------------------------------------------------------------------------------
 # Entry points
 
@@ -295,9 +404,11 @@ def generate_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: i
                  mask_id: int | None = None) -> list[list[dict]]:
     """Per source (`[CLS] source [SEP]` ids), cfg.num_return sequences, best first: {"ids" (without the final
     [SEP]), "score" (summed log-probability; beam: / length ** length_penalty), "finished" (ended in [SEP])}.
-    mask_id: the [MASK] token, for gibbs."""
+    mask_id: the [MASK] token, for gibbs and mask-predict (whose score is the mean log-probability)."""
     cfg.check()
     model.eval()
+    if cfg.method == "mask-predict":
+        return mask_predict_ids(model, sources, cfg, sep_id, pad_id, mask_id)
     if cfg.method == "gibbs":
         repeated = [s for s in sources for _ in range(cfg.num_return)]
         rows = gibbs_ids(model, repeated, cfg, sep_id, pad_id, mask_id)

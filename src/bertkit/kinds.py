@@ -10,9 +10,11 @@ KINDS[kind]; a new kind is one entry here plus its functions.
     score(task, examples, features, outputs, label_list, cfg) -> (metrics, predictions); no metrics unlabeled
     write(task, examples, predictions) -> the lines of `bertkit predict --task`'s output file
     config(label_list) -> config.json fields of the head (id2label, problem_type)
-    run(model, features, pad_id, batch_size, precision, progress) -> the outputs `score` reads, per feature
-    collate(features, pad_id) -> a training batch, named as the model's forward() arguments
-    setup(model, cfg) -> None: training settings of the loaded model;  save(out, model, tokenizer, cfg): extra files
+    run(model, features, tokenizer, cfg, progress) -> the outputs `score` reads, per feature
+    collate(features, tokenizer, cfg, rng) -> a training batch, named as the model's forward() arguments;
+        rng: a numpy Generator of (seed, step), for what a kind draws afresh each step (seq2seq's masking)
+    setup(model, cfg) -> None: training settings of the loaded model
+    save(out, model, tokenizer, cfg, train_features): extra files beside the model
     pipeline(pipe, records, options) -> one result dict per record, for `bertkit predict` without --task
 
 The functions import what they use when called, so this table imports nothing heavy.
@@ -29,22 +31,31 @@ import numpy as np
 from bertkit.errors import BertkitError
 
 
-def _run_logits(model, features, pad_id, batch_size, precision, progress):
+def _run_logits(model, features, tokenizer, cfg, progress):
     from bertkit.inference import run_features
 
-    return run_features(model, features, pad_id, batch_size, precision, progress=progress)
+    return run_features(model, features, tokenizer.pad_token_id, cfg.eval_batch_size, cfg.precision,
+                        progress=progress)
 
 
-def _collate(features, pad_id):
+def _collate(features, tokenizer, cfg, rng):
     from bertkit.data.features import collate
 
-    return collate(features, pad_id)
+    return collate(features, tokenizer.pad_token_id)
 
 
-def _collate_seq2seq(features, pad_id):
-    from bertkit.data.features import collate_seq2seq
+# seq2seq --target-masking -> the objective generation_config.json names, so `bertkit generate` knows the model:
+#   shifted  UniLM's left-to-right loss: each position predicts the next target token (greedy, beam, sample)
+#   uniform  a conditional masked LM: 1..m random target tokens masked and predicted (mask-predict)
+TARGET_MASKINGS = {"shifted": "unilm-shifted", "uniform": "cmlm"}
 
-    return collate_seq2seq(features, pad_id)
+
+def _collate_seq2seq(features, tokenizer, cfg, rng):
+    from bertkit.data.features import collate_cmlm, collate_seq2seq
+
+    if cfg.target_masking == "uniform":
+        return collate_cmlm(features, tokenizer.pad_token_id, tokenizer.mask_token_id, rng)
+    return collate_seq2seq(features, tokenizer.pad_token_id)
 
 
 def _nothing(*args) -> None:
@@ -218,24 +229,25 @@ def _score_choice(task, examples, features, outputs, label_list, cfg):
     return ({"accuracy": metrics.accuracy(preds, labels)} if labels[0] is not None else {}), preds
 
 
-def _run_seq2seq(model, features, pad_id, batch_size, precision, progress):
-    """Per feature (tokens right, tokens, summed negative log-likelihood) of its target, teacher-forced."""
+def _run_seq2seq(model, features, tokenizer, cfg, progress):
+    """Per feature (tokens right, tokens, summed negative log-likelihood) of its target, teacher-forced; with
+    --target-masking uniform, of its masked target tokens, masked with a fixed seed so epochs compare."""
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from bertkit.data.features import collate_seq2seq
     from bertkit.device import resolve_precision, to_device
     from bertkit.inference import feature_length, length_grouped_batches
     from bertkit.model import IGNORE_INDEX
 
     model.eval()
     device = next(model.parameters()).device
-    autocast = resolve_precision(precision, device).autocast(device)
+    autocast = resolve_precision(cfg.precision, device).autocast(device)
     out: list = [None] * len(features)
-    batches = list(length_grouped_batches([feature_length(f) for f in features], batch_size))
+    batches = list(length_grouped_batches([feature_length(f) for f in features], cfg.eval_batch_size))
+    rng = np.random.default_rng(0)
     for indices in tqdm(batches, desc=progress, unit="batch", disable=progress is None, dynamic_ncols=True):
-        batch = to_device(collate_seq2seq([features[i] for i in indices], pad_id), device)
+        batch = to_device(_collate_seq2seq([features[i] for i in indices], tokenizer, cfg, rng), device)
         with torch.no_grad(), autocast:
             result = model(**batch)
         logits, targets = result.mlm_logits.float(), result.mlm_targets  # (N, V), (N,) in row order
@@ -260,17 +272,27 @@ def _seq2seq_setup(model, cfg):
     model.label_smoothing = cfg.label_smoothing
 
 
-def _seq2seq_save(out, model, tokenizer, cfg):
-    """generation_config.json, as transformers reads it, plus the settings `bertkit generate` needs."""
+LENGTH_CANDIDATES = 5  # mask-predict's default target lengths: this many of the most frequent in training
+
+
+def _seq2seq_save(out, model, tokenizer, cfg, train_features):
+    """generation_config.json, as transformers reads it, plus the settings `bertkit generate` needs: the
+    objective, and the target lengths mask-predict tries by default (the most frequent of the training
+    targets, in tokens without the final [SEP], most frequent first)."""
     import os
+    from collections import Counter
 
     from bertkit.files import atomic_write_json
+
+    lengths = Counter(sum(f["token_type_ids"]) - 1 for f in train_features)
+    candidates = sorted(lengths, key=lambda n: (-lengths[n], n))[:LENGTH_CANDIDATES]
 
     atomic_write_json(os.path.join(out, "generation_config.json"), {
         "max_new_tokens": cfg.max_target_len, "num_beams": 1, "do_sample": False,
         "eos_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id,
-        "bertkit": {"objective": "unilm-shifted", "max_seq_len": cfg.max_seq_len or KINDS["seq2seq"].max_seq_len,
-                    "max_target_len": cfg.max_target_len}})
+        "bertkit": {"objective": TARGET_MASKINGS[cfg.target_masking],
+                    "max_seq_len": cfg.max_seq_len or KINDS["seq2seq"].max_seq_len,
+                    "max_target_len": cfg.max_target_len, "length_candidates": candidates}})
 
 
 def _call_generate(pipe, records, options):

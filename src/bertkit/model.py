@@ -7,7 +7,8 @@ maps them to HuggingFace's names is in checkpoint.py.
 
 Shapes: B batch, T tokens, H hidden, nh heads, hs head size, N masked positions, C choices, V vocab.
 Generation (generate.py) runs the same encoder as a UniLM decoder (Dong et al. 2019): a (B, T, T)
-attention mask from the segments (`seq2seq_mask`) and a `KVCache` of the positions already run.
+attention mask from the segments (`seq2seq_mask`) and a `KVCache` of the positions already run;
+mask-predict runs it as a conditional masked LM (`cmlm_mask`: the target sees the whole target).
 Left out on purpose: relative position embeddings and cross-attention.
 """
 
@@ -248,6 +249,18 @@ def seq2seq_mask(token_type_ids: torch.Tensor, attention_mask: torch.Tensor | No
     As bert4keras builds it: with c = cumsum(segment ids), i sees j iff c[j] <= c[i]. Padding is never seen."""
     c = token_type_ids.cumsum(-1)  # (B, T): 0 over the source, 1, 2, ... over the target
     mask = c[:, None, :] <= c[:, :, None]  # (B, T, T)
+    if attention_mask is not None:
+        mask = mask & attention_mask.bool()[:, None, :]
+    return mask
+
+
+def cmlm_mask(token_type_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The conditional masked LM's mask (Ghazvininejad et al. 2019, mask-predict) over `[CLS] source [SEP] target
+    [SEP]`, (B, T) each -> (B, T, T), True where query i may attend to key j: every position sees the whole
+    source, target positions also see the whole target (both sides), the source never sees the target.
+    Padding is never seen."""
+    types = token_type_ids.bool()
+    mask = ~types[:, None, :] | types[:, :, None]  # (B, T, T): key in the source, or query in the target
     if attention_mask is not None:
         mask = mask & attention_mask.bool()[:, None, :]
     return mask

@@ -52,6 +52,7 @@ class Pipeline:
         resolve_precision(precision, next(model.parameters()).device, announce=False)
         self.model, self.tokenizer, self.settings = model.eval(), tokenizer, settings or {}
         self.precision, self.batch_size, self.show_progress = precision, batch_size, show_progress
+        self.name = "the model"  # in messages: from_pretrained names its directory
         self.task = PIPELINE_OF_HEAD.get(type(model).__name__)
         positions = model.config.max_position_embeddings
         self.max_len = min(self.settings.get("max_seq_len") or positions, positions)
@@ -84,7 +85,9 @@ class Pipeline:
             except ValueError as e:
                 raise BertkitError(f"{generation}: invalid JSON ({e})", hint="fix the file, or delete it") from None
         model.to(device or default_device())
-        return cls(model, Tokenizer.from_pretrained(directory), settings, precision, batch_size, show_progress)
+        pipe = cls(model, Tokenizer.from_pretrained(directory), settings, precision, batch_size, show_progress)
+        pipe.name = str(directory)
+        return pipe
 
     def __call__(self, inputs: Sequence, **kwargs) -> list[dict]:
         if self.task is None:
@@ -222,29 +225,42 @@ class Pipeline:
         return results
 
     def generate(self, sources: Sequence[str], **options) -> list[dict]:
-        """Per source text: the `generated` text and its `score` (summed log-probability); with beam search or
-        num_return > 1, also the `n_best` ({text, score}, best first). Options: those of generate.GenerateConfig
-        (method greedy|beam|sample, beams, length_penalty, max_new_tokens, top_k, top_p, temperature,
-        num_return, seed, sweeps); max_new_tokens defaults to the model's generation_config.json."""
-        from bertkit.generate import GenerateConfig, generate
+        """Per source text: the `generated` text and its `score` (summed log-probability; mask-predict: the
+        mean); with beam search or num_return > 1, also the `n_best` ({text, score}, best first). Options: those
+        of generate.GenerateConfig (method greedy|beam|sample|gibbs|mask-predict, beams, length_penalty,
+        max_new_tokens, top_k, top_p, temperature, num_return, seed, sweeps, iterations, lengths);
+        max_new_tokens and mask-predict's lengths default to the model's generation_config.json, whose
+        objective decides which methods the model may use."""
+        from bertkit.generate import GenerateConfig, check_objective, generate
 
         if not hasattr(self.model, "mlm"):
             raise BertkitError(f"a {type(self.model).__name__} has no MLM head to generate with",
                                hint="use a model fine-tuned with bertkit finetune --task seq2seq")
         saved = self.settings.get("generation", {})
+        trained = saved.get("bertkit", {})
         if options.get("max_new_tokens") is None:
             options["max_new_tokens"] = saved.get("max_new_tokens") or 48
+        if options.get("method") == "mask-predict" and options.get("lengths") is None:
+            options["lengths"] = tuple(trained.get("length_candidates") or ()) or None
         cfg = GenerateConfig(**{k: v for k, v in options.items() if v is not None})
         cfg.check()
+        check_objective(cfg.method, trained.get("objective"), self.name)
+        if cfg.method == "mask-predict" and not cfg.lengths:
+            raise BertkitError("mask-predict: the model's generation_config.json names no length candidates",
+                               hint="pass --length-candidates, e.g. 4,6,8")
         for i, source in enumerate(sources):
             if not isinstance(source, str) or not source.strip():
                 raise BertkitError(f"source {i + 1} is empty", hint="give every source some text to generate from")
         positions = self.model.config.max_position_embeddings
-        limit = min(saved.get("bertkit", {}).get("max_seq_len") or positions, positions)
-        max_source_len = limit - cfg.max_new_tokens - 1  # (gibbs holds a final [SEP] too)
+        limit = min(trained.get("max_seq_len") or positions, positions)
+        if cfg.method == "mask-predict":
+            new_tokens, option = max(cfg.lengths), f"--length-candidates {max(cfg.lengths)}"
+        else:
+            new_tokens, option = cfg.max_new_tokens, f"--max-new-tokens {cfg.max_new_tokens}"
+        max_source_len = limit - new_tokens - 1  # (gibbs and mask-predict hold a final [SEP] too)
         if max_source_len < 3:
-            raise BertkitError(f"--max-new-tokens {cfg.max_new_tokens} leaves no room for a source in the model's "
-                               f"{limit} positions", hint=f"use --max-new-tokens {max(1, limit - 16)} or less")
+            raise BertkitError(f"{option} leaves no room for a source in the model's {limit} positions",
+                               hint=f"use a length of {max(1, limit - 16)} or less")
         results, cut = generate(self.model, self.tokenizer, list(sources), cfg, max_source_len, self.batch_size)
         _warn_truncated(cut, len(sources), max_source_len)
         out = []

@@ -8,6 +8,7 @@
     multiple choice {"input_ids", "token_type_ids", "label"}          ids: one list per ending (C, L)
     seq2seq         {"input_ids", "token_type_ids", "labels"}         `[CLS] source [SEP] target [SEP]`, segments
                     0 / 1; labels: at each position the next target token (IGNORE_INDEX where none follows)
+                    (collate_cmlm masks the target afresh at each batch instead, for mask-predict)
 
 Unlabeled examples give features without "label"/"labels"/positions. `collate` pads a batch of
 any of these into tensors named as the model's forward() arguments. Encoders that truncate
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from bertkit.data.tasks import ChoiceExample, Example, PairExample, QAExample, check_labels
@@ -261,6 +263,31 @@ def collate_seq2seq(features: Sequence[dict], pad_token_id: int) -> dict[str, to
 
     batch = collate(features, pad_token_id)
     batch["attention_mask"] = seq2seq_mask(batch["token_type_ids"], batch["attention_mask"])
+    return batch
+
+
+def collate_cmlm(features: Sequence[dict], pad_token_id: int, mask_token_id: int,
+                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """A conditional masked LM batch (Ghazvininejad et al. 2019, as mask-predict trains): per example, n drawn
+    uniformly from 1..m (m: the target's tokens, its final [SEP] included), n of the m target positions drawn
+    at random are replaced by [MASK] and labeled with their tokens; nothing else is labeled. The features are
+    encode_seq2seq's (their shifted labels are not used). attention_mask: cmlm_mask's (B, T, T), the target
+    seeing the whole target. rng: the run's generator, so each step draws afresh and a seed repeats it."""
+    from bertkit.model import cmlm_mask
+
+    batch = collate([{k: f[k] for k in ("input_ids", "token_type_ids")} for f in features], pad_token_id)
+    ids, types = batch["input_ids"], batch["token_type_ids"]
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for row in range(len(features)):
+        target = types[row].nonzero().squeeze(1)  # (m,) the target's positions, its [SEP] last
+        if len(target) == 0:  # an unlabeled example: nothing to predict
+            continue
+        n = int(rng.integers(1, len(target) + 1))
+        chosen = target[torch.from_numpy(rng.permutation(len(target))[:n])]  # (n,)
+        labels[row, chosen] = ids[row, chosen]
+        ids[row, chosen] = mask_token_id
+    batch["labels"] = labels
+    batch["attention_mask"] = cmlm_mask(types, batch["attention_mask"])
     return batch
 
 

@@ -33,10 +33,11 @@ from bertkit.device import default_device, oversubscription_note, resolve_precis
 from bertkit.errors import BertkitError, Interrupted
 from bertkit.files import atomic_write_json, atomic_write_text, check_output_dir
 from bertkit.inference import feature_length
-from bertkit.kinds import KINDS, PROBLEM_TYPES
+from bertkit.kinds import KINDS, PROBLEM_TYPES, TARGET_MASKINGS
 from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
 
 TASK_FILE = "bertkit_task.json"  # the task settings a fine-tuned directory was trained with
+MASKING_STREAM = 0x6D61736B  # "mask": the masking rng of (seed, step) draws apart from the batch order's (seed, epoch)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class FinetuneConfig:
     max_query_len: int = 64
     max_target_len: int = 48  # seq2seq: target tokens kept (a longer target is cut, and counted)
     label_smoothing: float = 0.0  # seq2seq: of the token cross-entropy (UniLM used 0.1)
+    target_masking: str = "shifted"  # seq2seq: shifted (left to right) or uniform (a conditional MLM: mask-predict)
     null_threshold: float = 0.0
     max_train_examples: int | None = None  # a quick run on the first N training examples
     group_by_length: bool = True
@@ -162,11 +164,10 @@ def batches(features: list[dict], batch_size: int, rng: np.random.Generator | No
 # Evaluation
 
 
-def predict_logits(model, features, cfg: FinetuneConfig, pad_id: int, progress: str | None = None,
+def predict_logits(model, features, cfg: FinetuneConfig, tokenizer, progress: str | None = None,
                    kind: str = "classification") -> list:
     """Per-feature outputs in feature order (the kind's `run`); the model goes back to training mode."""
-    outputs = KINDS[kind].run(model, features, pad_id, cfg.eval_batch_size, cfg.precision,
-                              progress if cfg.show_progress else None)
+    outputs = KINDS[kind].run(model, features, tokenizer, cfg, progress if cfg.show_progress else None)
     model.train()
     return outputs
 
@@ -198,8 +199,9 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
     """Train one seed into `out`; with cfg.resume, continue from its newest complete checkpoint.
 
     Everything random is a function of (seed, epoch, step): the classifier's initial weights of the
-    seed, each epoch's batch order of (seed, epoch), dropout of (seed, step). So a checkpoint needs
-    only the model, the optimizer, the step, the epoch and the position in it to resume exactly.
+    seed, each epoch's batch order of (seed, epoch), dropout and seq2seq's target masking of (seed, step).
+    So a checkpoint needs only the model, the optimizer, the step, the epoch and the position in it to resume
+    exactly.
     """
     from tqdm.auto import tqdm
 
@@ -233,7 +235,6 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
     else:
         atomic_write_text(metrics_path, "")
     log = MetricsLog(out, cfg.tensorboard, step)
-    pad = tokenizer.pad_token_id
 
     def checkpoint() -> str:
         return save_checkpoint(out, step, model, tokenizer, optimizer,
@@ -253,7 +254,8 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
         for indices in epoch_batches[offset:]:
             if step >= total:
                 break
-            batch = to_device(collate([train_feats[i] for i in indices], pad), device)
+            rng = np.random.default_rng([seed, step, MASKING_STREAM])
+            batch = to_device(collate([train_feats[i] for i in indices], tokenizer, cfg, rng), device)
             set_lr(optimizer, cfg.lr * warmup_linear(step, max(1, warmup), total))
             torch.manual_seed(seed * 1_000_003 + step)  # dropout: a function of the step, so a resume repeats it
             with autocast:
@@ -297,7 +299,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                     log.close()
                     raise Stopped(path, step)
         train_seconds += time.perf_counter() - window_start
-        outputs = predict_logits(model, dev_feats, cfg, pad, kind=kind)
+        outputs = predict_logits(model, dev_feats, cfg, tokenizer, kind=kind)
         result, _ = score(kind, cfg.task, dev_examples, dev_feats, outputs, label_list, cfg)
         result = {k: float(v) for k, v in result.items()}
         log.write({"step": step, "epoch": epoch, "split": "dev", **result})
@@ -348,8 +350,8 @@ def save_model_dir(model, tokenizer, out: str, cfg: FinetuneConfig, data: dict,
         "null_threshold": cfg.null_threshold if best_null_threshold is None else best_null_threshold,
         "text_column": cfg.text_column, "text_pair_column": cfg.text_pair_column, "label_column": cfg.label_column,
         "problem_type": PROBLEM_TYPES.get(data["kind"]), "label_separator": cfg.label_separator,
-        "threshold": cfg.threshold, "max_target_len": cfg.max_target_len})
-    KINDS[data["kind"]].save(out, model, tokenizer, cfg)
+        "threshold": cfg.threshold, "max_target_len": cfg.max_target_len, "target_masking": cfg.target_masking})
+    KINDS[data["kind"]].save(out, model, tokenizer, cfg, data["train"])
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
@@ -364,6 +366,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise BertkitError(f"--keep {cfg.keep!r}", hint="use best or last")
     if not 0 <= cfg.label_smoothing < 1:
         raise BertkitError(f"--label-smoothing {cfg.label_smoothing}: must be at least 0 and below 1", hint="e.g. 0.1")
+    if cfg.target_masking not in TARGET_MASKINGS:
+        raise BertkitError(f"--target-masking {cfg.target_masking!r}",
+                           hint=f"choose one of: {', '.join(TARGET_MASKINGS)}")
     if cfg.save_every < 0:
         raise BertkitError(f"--save-every {cfg.save_every}: must be 0 (epoch ends only) or more", hint="e.g. 500")
     check_output_dir(cfg.out, hint="choose a new --out, pass --resume to continue the run in it, or --force to "
@@ -372,6 +377,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
         require_tensorboard()
     check_resume(cfg)
     spec = label_spec(cfg)
+    if cfg.target_masking != "shifted" and spec.kind != "seq2seq":
+        raise BertkitError(f"--target-masking {cfg.target_masking} is for --task seq2seq, not {cfg.task}",
+                           hint="drop --target-masking")
     tokenizer = Tokenizer.from_pretrained(cfg.model)
     train_examples = _read(cfg, files["train"], training=True)
     if cfg.max_train_examples:
@@ -566,7 +574,7 @@ def evaluate_dir(cfg: FinetuneConfig, output: str | None = None) -> dict:
     feats, _ = encode(kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
-    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="evaluate", kind=kind)
+    outputs = predict_logits(model, feats, cfg, tokenizer, progress="evaluate", kind=kind)
     result, _ = score(kind, cfg.task, examples, feats, outputs, labels, cfg)
     result = {k: float(v) for k, v in result.items()}
     # not eval_results.json: that is the fine-tune's own record of its dev score, kept as it was
@@ -587,7 +595,7 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     feats, _ = encode(spec.kind, examples, tokenizer, cfg, labels, training=False)
     device = default_device()
     model.to(device)
-    outputs = predict_logits(model, feats, cfg, tokenizer.pad_token_id, progress="predict", kind=spec.kind)
+    outputs = predict_logits(model, feats, cfg, tokenizer, progress="predict", kind=spec.kind)
     _, predictions = score(spec.kind, cfg.task, _unlabel(examples), feats, outputs, labels, cfg)
     lines = KINDS[spec.kind].write(cfg.task, examples, predictions)
     atomic_write_text(output, "\n".join(lines) + "\n")
