@@ -153,3 +153,14 @@ def test_generate_bad_input(seq2seq_run, encoder_only, tmp_path):
                    check=False)
     assert_one_line_error(proc, "BertModel", "MLM head")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_predict_task_seq2seq_points_to_generate_before_reading(seq2seq_run, tmp_path):
+    """A generating model is refused by `predict --task` at once: the input (not even JSON here) is never read."""
+    out, _ = seq2seq_run
+    garbage = tmp_path / "in.jsonl"
+    garbage.write_text("{not json\n")
+    proc = run_cli("predict", "--task", "seq2seq", "--model", out, "--input", garbage, "--output",
+                   tmp_path / "o.jsonl", check=False)
+    assert_one_line_error(proc, "generates text", "bertkit generate")
+    assert not (tmp_path / "o.jsonl").exists()

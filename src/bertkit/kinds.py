@@ -8,7 +8,8 @@ KINDS[kind]; a new kind is one entry here plus its functions.
     read(cfg, spec, path, labeled, training) -> examples
     encode(examples, tokenizer, cfg, max_len, label_list, training) -> (features, number truncated)
     score(task, examples, features, outputs, label_list, cfg) -> (metrics, predictions); no metrics unlabeled
-    write(task, examples, predictions) -> the lines of `bertkit predict --task`'s output file
+    write(task, examples, predictions) -> the lines of `bertkit predict --task`'s output file (None: a kind
+        that `predict --task` does not serve, refused before any input is read)
     config(label_list) -> config.json fields of the head (id2label, problem_type)
     run(model, features, tokenizer, cfg, progress) -> the outputs `score` reads, per feature
     collate(features, tokenizer, cfg, rng) -> a training batch, named as the model's forward() arguments;
@@ -68,7 +69,7 @@ class Kind:
     read: Callable
     encode: Callable
     score: Callable
-    write: Callable
+    write: Callable | None  # None: `bertkit predict --task` refuses this kind at once (seq2seq: `bertkit generate`)
     config: Callable[[list | None], dict]
     pipeline: str  # the Pipeline method that serves this head
     pipeline_fields: tuple[str, ...]  # what each JSON line of `bertkit predict` input must hold
@@ -320,11 +321,6 @@ def _write_answers(task, examples, predictions):
     return [json.dumps({"id": e.id, "answer": predictions.get(e.id, "")}, ensure_ascii=False) for e in examples]
 
 
-def _write_generated(task, examples, predictions):
-    raise BertkitError("predict --task seq2seq: a sequence-to-sequence model generates",
-                       hint="use bertkit generate --model DIR --input sources.jsonl --output out.jsonl")
-
-
 # ----------------------------------------------------------------------------------------------
 # config.json fields of the head
 
@@ -397,7 +393,7 @@ KINDS: dict[str, Kind] = {
                    write=_write_sentences, config=lambda labels: {}, pipeline="choose",
                    pipeline_fields=("context", "endings"), pipeline_call=_call_choose),
     "seq2seq": Kind(head="BertForMaskedLM", read=_read_pairs, encode=_encode_seq2seq, score=_score_seq2seq,
-                    write=_write_generated, config=lambda labels: {}, pipeline="generate", pipeline_fields=("source",),
+                    write=None, config=lambda labels: {}, pipeline="generate", pipeline_fields=("source",),
                     pipeline_call=_call_generate, run=_run_seq2seq, setup=_seq2seq_setup, save=_seq2seq_save,
                     text_lines=True, collate=_collate_seq2seq),
 }

@@ -590,6 +590,9 @@ def predict_file(cfg: FinetuneConfig, input_path: str, output: str) -> int:
     model, tokenizer, settings, labels = load_finetuned(cfg.model, cfg.task)
     cfg = _with_settings(cfg, settings)
     spec = _finetuned_spec(cfg, model, labeled=False)
+    if KINDS[spec.kind].write is None:  # before reading a line of the input
+        raise BertkitError(f"predict --task {cfg.task}: a {spec.kind} model generates text, it does not label it",
+                           hint=f"use bertkit generate --model {cfg.model} --input sources.jsonl --output out.jsonl")
     check_length(cfg, spec.kind, model.config.max_position_embeddings)
     examples = _read(cfg, input_path, labeled=False)
     feats, _ = encode(spec.kind, examples, tokenizer, cfg, labels, training=False)
