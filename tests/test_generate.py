@@ -193,3 +193,18 @@ def test_gibbs_repeats_with_a_seed_and_samples_no_special_tokens():
         assert len(hypotheses) == 2
         for h in hypotheses:
             assert len(h["ids"]) == 5 and not {CLS, SEP, PAD, MASK} & set(h["ids"])
+
+
+@pytest.mark.parametrize("precision, autocast", [("fp32", False), ("bf16", True)])
+def test_pipeline_generates_in_the_precision_asked_for(tiny_model, precision, autocast):
+    """Pipeline.generate runs the encoder under --precision's autocast, as the other pipelines do."""
+    from bertkit.pipelines import Pipeline
+    from bertkit.tokenizer import Tokenizer
+
+    model = BertForMaskedLM.from_pretrained(str(tiny_model)).eval()
+    pipe = Pipeline(model, Tokenizer.from_pretrained(str(tiny_model)), {}, precision=precision)
+    seen = []
+    model.bert.register_forward_hook(lambda module, args, output: seen.append(torch.is_autocast_enabled("cpu")))
+    rows = pipe.generate(["the film was good"], method="greedy", max_new_tokens=3)
+    assert len(rows) == 1 and isinstance(rows[0]["generated"], str)
+    assert seen and set(seen) == {autocast}

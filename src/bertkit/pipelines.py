@@ -231,6 +231,7 @@ class Pipeline:
         max_new_tokens, top_k, top_p, temperature, num_return, seed, sweeps, iterations, lengths);
         max_new_tokens and mask-predict's lengths default to the model's generation_config.json, whose
         objective decides which methods the model may use."""
+        from bertkit.device import resolve_precision
         from bertkit.generate import GenerateConfig, check_objective, generate
 
         if not hasattr(self.model, "mlm"):
@@ -261,7 +262,9 @@ class Pipeline:
         if max_source_len < 3:
             raise BertkitError(f"{option} leaves no room for a source in the model's {limit} positions",
                                hint=f"use a length of {max(1, limit - 16)} or less")
-        results, cut = generate(self.model, self.tokenizer, list(sources), cfg, max_source_len, self.batch_size)
+        device = next(self.model.parameters()).device
+        with resolve_precision(self.precision, device, announce=False).autocast(device):  # as the other pipelines
+            results, cut = generate(self.model, self.tokenizer, list(sources), cfg, max_source_len, self.batch_size)
         _warn_truncated(cut, len(sources), max_source_len)
         out = []
         for hypotheses in results:
