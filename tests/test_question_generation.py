@@ -70,3 +70,19 @@ def test_missing_squad_folder_exits_2(qg, tmp_path, capsys):
     assert qg.main(["--out", str(tmp_path / "out"), "--squad-dir", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "not found" in err and "--squad-dir" in err
+
+
+@pytest.mark.parametrize("masking, methods", [("shifted", ["greedy", "beam"]), ("uniform", ["mask-predict"])])
+def test_table_rows_and_examples(qg, masking, methods):
+    args = qg.parse_args(["--out", "o", "--target-masking", masking])
+    dev = [{"source": f"a{i} : s{i}", "target": f"question {i} ?"} for i in range(6)]
+    generated = {"template": [f"what s{i} ?" for i in range(6)]}
+    generated.update({m: [d["target"] if i % 2 else "nothing like it" for i, d in enumerate(dev)] for m in methods})
+    refs = [d["target"] for d in dev]
+    results = {m: qg.scores(h, refs) for m, h in generated.items()}
+    text = qg.render(args, ["--out", "o"], "MODEL", dev, generated, results, {})
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "BLEU" not in line]
+    assert [r.split(" | ")[0].lstrip("| ") for r in rows] == [qg.NAMES[m] for m in ["template", *methods]]
+    examples = [line for line in text.splitlines() if line.startswith("- (")]
+    assert len(examples) == 5 and all("(good, ROUGE-L 100)" in e for e in examples[:3])
+    assert all("(bad, ROUGE-L 0)" in e for e in examples[3:])
