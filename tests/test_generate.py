@@ -30,25 +30,23 @@ def test_seq2seq_mask_exact():
     assert seq2seq_mask(types, attention)[0].int().tolist() == expected
 
 
-def test_seq2seq_mask_hides_the_future_and_shows_the_source():
+def encoder_moves(mask_fn, position: int, token: int) -> torch.Tensor:
+    """How far each position's output moves, (T,), when the token at `position` of `[CLS] s s s [SEP] t t t t
+    [SEP]` changes to `token`, under the mask mask_fn(segments) builds (test_mask_predict uses it too)."""
     model = tiny_lm()
     ids = torch.tensor([[CLS, 10, 11, 12, SEP, 20, 21, 22, 23, SEP]])
     types = torch.tensor([[0] * 5 + [1] * 5])
-    mask = seq2seq_mask(types)
+    changed = ids.clone()
+    changed[0, position] = token
+    base, moved = (model.bert(x, types, mask_fn(types)).last_hidden_state[0] for x in (ids, changed))
+    return (moved - base).abs().amax(-1)
 
-    def hidden(x):
-        return model.bert(x, types, mask).last_hidden_state[0]
 
-    base = hidden(ids)
-    later = ids.clone()
-    later[0, 7] = 30  # a later target token
-    changed = hidden(later)
-    torch.testing.assert_close(changed[:7], base[:7], rtol=0, atol=1e-6)  # no earlier position moves
-    assert (changed[7:] - base[7:]).abs().amax(-1).min() > 1e-4  # that position and every later one does
-    source = ids.clone()
-    source[0, 2] = 31
-    changed = hidden(source)
-    assert (changed[5:] - base[5:]).abs().amax(-1).min() > 1e-4  # every target position
+def test_seq2seq_mask_hides_the_future_and_shows_the_source():
+    moves = encoder_moves(seq2seq_mask, 7, 30)  # a later target token
+    assert moves[:7].max() <= 1e-6  # no earlier position moves
+    assert moves[7:].min() > 1e-4  # that position and every later one does
+    assert encoder_moves(seq2seq_mask, 2, 31)[5:].min() > 1e-4  # a source token: every target position
 
 
 def test_seq2seq_features(tiny_model):

@@ -14,6 +14,7 @@ from bertkit.generate import GenerateConfig, check_objective, generate_ids
 from bertkit.model import IGNORE_INDEX, BertForMaskedLM, cmlm_mask
 
 import test_seq2seq_cli
+from test_generate import encoder_moves
 
 CLS, SEP, PAD, MASK = 2, 3, 0, 4
 encoder_only, pairs = test_seq2seq_cli.encoder_only, test_seq2seq_cli.pairs  # its fixtures, used here too
@@ -41,20 +42,9 @@ def test_cmlm_mask_exact():
 
 
 def test_cmlm_mask_target_sees_later_target_and_source_never_sees_target():
-    model = tiny_lm()
-    ids = torch.tensor([[CLS, 10, 11, 12, SEP, 20, 21, 22, 23, SEP]])
-    types = torch.tensor([[0] * 5 + [1] * 5])
-    mask = cmlm_mask(types)
-
-    def hidden(x):
-        return model.bert(x, types, mask).last_hidden_state[0]
-
-    base = hidden(ids)
-    later = ids.clone()
-    later[0, 8] = 30  # the last target token
-    changed = hidden(later)
-    torch.testing.assert_close(changed[:5], base[:5], rtol=0, atol=1e-6)  # the source does not move
-    assert (changed[5:] - base[5:]).abs().amax(-1).min() > 1e-4  # every target position does, earlier ones too
+    moves = encoder_moves(cmlm_mask, 8, 30)  # the last target token
+    assert moves[:5].max() <= 1e-6  # the source does not move
+    assert moves[5:].min() > 1e-4  # every target position does, earlier ones too
 
 
 def test_uniform_target_masking_collate(tiny_model):
