@@ -57,15 +57,53 @@ WORDS = ("the a model token layer attention head vector sentence word learns pre
          "random document corpus train step loss batch encoder text").split()
 
 
+def made_up_corpus(root, n_docs: int, max_sentences: int):
+    """root/corpus.txt: n_docs documents of 4..max_sentences made-up sentences over WORDS (seed 0)."""
+    rng = random.Random(0)
+    docs = ["\n".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 14))).capitalize() + "."
+                      for _ in range(rng.randint(4, max_sentences))) for _ in range(n_docs)]
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return corpus, docs
+
+
+def small_project(root) -> dict:
+    """Built in-process (no CLI calls), for the bad-input tests to copy and damage: a made-up corpus, its
+    tokenizer (root/tok), a tiny pre-trained model (root/model), a tiny classifier as `bertkit finetune --task
+    classify` writes it without the training (root/clf) and prepared pre-training data (root/data)."""
+    import dataclasses
+    import json
+
+    from bertkit.config import preset
+    from bertkit.data.prepare import prepare
+    from bertkit.model import BertForPreTraining, BertForSequenceClassification
+    from bertkit.tokenizer import Tokenizer
+
+    corpus, docs = made_up_corpus(root, 20, 8)
+    tokenizer = Tokenizer.train_from_iterator([line for d in docs for line in d.split("\n")], vocab_size=200)
+    tokenizer.save_pretrained(root / "tok", model_max_length=128)
+    config = preset("tiny", vocab_size=tokenizer.vocab_size, max_position_embeddings=128, hidden_size=32,
+                    num_attention_heads=2, intermediate_size=64, num_hidden_layers=1)
+    torch.manual_seed(0)
+    BertForPreTraining(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model", model_max_length=128)
+    clf = root / "clf"
+    BertForSequenceClassification(dataclasses.replace(config, id2label={0: "neg", 1: "pos"})).save_pretrained(clf)
+    tokenizer.save_pretrained(clf, model_max_length=128)
+    (clf / "bertkit_task.json").write_text(json.dumps({
+        "task": "classify", "kind": "classification", "labels": ["neg", "pos"], "max_seq_len": None,
+        "doc_stride": 128, "max_query_len": 64, "null_threshold": 0.0, "text_column": "text",
+        "text_pair_column": None, "label_column": "label"}))
+    prepare([str(corpus)], str(root / "tok"), str(root / "data"), workers=1, validation_fraction=0.1,
+            show_progress=False)
+    return {"model": root / "model", "clf": clf, "tok": root / "tok", "data": root / "data", "corpus": corpus}
+
+
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
     """A made-up corpus of 60 documents, its vocabulary, and its prepared data."""
     root = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(0)
-    docs = ["\n".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 14))).capitalize() + "."
-                      for _ in range(rng.randint(4, 12))) for _ in range(60)]
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    corpus, _ = made_up_corpus(root, 60, 12)
     run_cli("vocab", "--input", corpus, "--vocab-size", 200, "--out", root / "tok", "--quiet")
     run_cli("prepare", "--input", corpus, "--tokenizer", root / "tok", "--out", root / "data",
         "--validation-fraction", 0.1, "--quiet", "--workers", 1)

@@ -21,9 +21,7 @@ import collections
 import dataclasses
 import gzip
 import hashlib
-import json
 import os
-import random
 import shlex
 import shutil
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli, slow
+from conftest import assert_one_line_error, run_cli, slow, small_project
 
 COMMANDS = ("vocab", "prepare", "pretrain", "finetune", "evaluate", "predict", "embed", "fill-mask")
 MAX_ERROR_CHARS = 2000  # one line a person can read; an error must not echo a 10 MB input back
@@ -41,8 +39,6 @@ BINARY = gzip.compress(b"\x00\x01binary\xff" * 64, mtime=0)  # starts 1f 8b: inv
 LATIN1 = "first line\nsecond caf\u00e9 line\n".encode("latin-1")  # the \xe9 is byte 21, on line 2
 BIG_LINE = (b"lorem ipsum dolor sit amet " * 370371)[:10_000_000] + b"\n"  # 10 MB, one line, no tab or comma
 
-WORDS = ("the a model token layer attention head vector sentence word learns predicts hidden masked next "
-         "random document corpus train step loss batch encoder text").split()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -52,45 +48,13 @@ WORDS = ("the a model token layer attention head vector sentence word learns pre
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, Path]:
-    import torch
-
-    from bertkit.config import preset
-    from bertkit.data.prepare import prepare
-    from bertkit.model import BertForPreTraining, BertForSequenceClassification
-    from bertkit.tokenizer import Tokenizer
-
     root = tmp_path_factory.mktemp("matrix-env")
-    rng = random.Random(0)
-    docs = ["\n".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 14))).capitalize() + "."
-                      for _ in range(rng.randint(4, 8))) for _ in range(20)]
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
-    tokenizer = Tokenizer.train_from_iterator([line for d in docs for line in d.split("\n")], vocab_size=200)
-    tokenizer.save_pretrained(root / "tok", model_max_length=128)
-
-    config = preset("tiny", vocab_size=tokenizer.vocab_size, max_position_embeddings=128, hidden_size=32,
-                    num_attention_heads=2, intermediate_size=64, num_hidden_layers=1)
-    torch.manual_seed(0)
-    BertForPreTraining(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model", model_max_length=128)
-
-    clf = root / "clf"  # what `bertkit finetune --task classify` writes, without the training
-    BertForSequenceClassification(dataclasses.replace(config, id2label={0: "neg", 1: "pos"})).save_pretrained(clf)
-    tokenizer.save_pretrained(clf, model_max_length=128)
-    (clf / "bertkit_task.json").write_text(json.dumps({
-        "task": "classify", "kind": "classification", "labels": ["neg", "pos"], "max_seq_len": None,
-        "doc_stride": 128, "max_query_len": 64, "null_threshold": 0.0, "text_column": "text",
-        "text_pair_column": None, "label_column": "label"}))
-
-    prepare([str(corpus)], str(root / "tok"), str(root / "data"), workers=1, validation_fraction=0.1,
-            show_progress=False)
-
+    project = small_project(root)
     sst2 = root / "sst2"
     sst2.mkdir()
     for split in ("train", "dev"):
         (sst2 / f"{split}.tsv").write_text("sentence\tlabel\na fine film\t1\na dull film\t0\n")
-    return {"env": root, "model": root / "model", "clf": clf, "tok": root / "tok", "data": root / "data",
-            "corpus": corpus, "sst2": sst2}
+    return {"env": root, **project, "sst2": sst2}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,11 +13,9 @@ Rows that expose a bug are marked xfail(strict=True) with the reason.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-import random
 import re
 import shlex
 import shutil
@@ -28,46 +26,15 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, small_project
 
-WORDS = ("the a model token layer attention head vector sentence word learns predicts hidden masked next "
-         "random document corpus train step loss batch encoder text").split()
 SENTINEL = b"sentinel: an existing output that a failed run must leave alone\n"
 
 
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory) -> dict[str, Path]:
-    """Good directories to copy and damage: a tokenizer, a tiny pre-trained model, a tiny classifier
-    (as `bertkit finetune --task classify` writes it) and prepared pre-training data."""
-    import torch
-
-    from bertkit.config import preset
-    from bertkit.data.prepare import prepare
-    from bertkit.model import BertForPreTraining, BertForSequenceClassification
-    from bertkit.tokenizer import Tokenizer
-
-    root = tmp_path_factory.mktemp("corrupt-fixtures")
-    rng = random.Random(0)
-    docs = ["\n".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 14))).capitalize() + "."
-                      for _ in range(rng.randint(4, 8))) for _ in range(20)]
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
-    tokenizer = Tokenizer.train_from_iterator([line for d in docs for line in d.split("\n")], vocab_size=200)
-    tokenizer.save_pretrained(root / "tok", model_max_length=128)
-    config = preset("tiny", vocab_size=tokenizer.vocab_size, max_position_embeddings=128, hidden_size=32,
-                    num_attention_heads=2, intermediate_size=64, num_hidden_layers=1)
-    torch.manual_seed(0)
-    BertForPreTraining(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model", model_max_length=128)
-    BertForSequenceClassification(dataclasses.replace(config, id2label={0: "neg", 1: "pos"})).save_pretrained(
-        root / "clf")
-    tokenizer.save_pretrained(root / "clf", model_max_length=128)
-    (root / "clf" / "bertkit_task.json").write_text(json.dumps({
-        "task": "classify", "kind": "classification", "labels": ["neg", "pos"], "max_seq_len": None,
-        "text_column": "text", "text_pair_column": None, "label_column": "label"}))
-    prepare([str(corpus)], str(root / "tok"), str(root / "data"), workers=1, validation_fraction=0.1,
-            show_progress=False)
-    return {"model": root / "model", "clf": root / "clf", "tok": root / "tok", "data": root / "data"}
+    """Good directories to copy and damage (conftest.small_project)."""
+    return small_project(tmp_path_factory.mktemp("corrupt-fixtures"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,24 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from bertkit.config import preset
 from bertkit.errors import BertkitError
 from bertkit.generate import GenerateConfig, check_objective, generate_ids
-from bertkit.model import IGNORE_INDEX, BertForMaskedLM, cmlm_mask
+from bertkit.model import IGNORE_INDEX, cmlm_mask
 
 import test_seq2seq_cli
-from test_generate import encoder_moves
+from test_generate import encoder_moves, tiny_lm
 
 CLS, SEP, PAD, MASK = 2, 3, 0, 4
 encoder_only, pairs = test_seq2seq_cli.encoder_only, test_seq2seq_cli.pairs  # its fixtures, used here too
 SOURCES = [[CLS, 5, 6, 7, 8, 9, SEP], [CLS, 11, SEP], [CLS, 12, 13, 14, SEP]]
-
-
-def tiny_lm(vocab=40, positions=64, seed=0):
-    torch.manual_seed(seed)
-    config = preset("tiny", vocab_size=vocab, max_position_embeddings=positions, hidden_dropout_prob=0.0,
-                    attention_probs_dropout_prob=0.0)
-    return BertForMaskedLM(config).eval()
 
 
 def test_cmlm_mask_exact():
