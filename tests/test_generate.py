@@ -172,7 +172,8 @@ def test_sampling_repeats_with_a_seed_and_top_k_1_is_greedy():
 @pytest.mark.parametrize("options, fragment", [
     ({"beams": 0}, "--beams 0"), ({"top_p": 1.5}, "--top-p 1.5"), ({"temperature": 0.0}, "--temperature"),
     ({"num_return": 2}, "greedy"), ({"method": "beam", "beams": 2, "num_return": 3}, "--num-return 3"),
-    ({"max_new_tokens": 0}, "--max-new-tokens 0")])
+    ({"max_new_tokens": 0}, "--max-new-tokens 0"), ({"no_repeat_ngram": -1}, "--no-repeat-ngram -1"),
+    ({"method": "gibbs", "no_repeat_ngram": 2}, "left-to-right")])
 def test_bad_options(options, fragment):
     from bertkit.errors import BertkitError
 
@@ -206,3 +207,21 @@ def test_pipeline_generates_in_the_precision_asked_for(tiny_model, precision, au
     rows = pipe.generate(["the film was good"], method="greedy", max_new_tokens=3)
     assert len(rows) == 1 and isinstance(rows[0]["generated"], str)
     assert seen and set(seen) == {autocast}
+
+
+def bigrams(ids):
+    return list(zip(ids, ids[1:]))
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_no_repeat_ngram_breaks_a_loop(method):
+    """A hand-set model that loops 7 9 7 9 ...: with --no-repeat-ngram 2 no bigram comes twice, and the
+    sequence follows the model until the first repeat would happen."""
+    model = successor_model({SEP: 7, 7: 9, 9: 7})
+    looping = generate_ids(model, [[CLS, 4, SEP]], GenerateConfig(method=method, beams=2, max_new_tokens=8), SEP, PAD)
+    loop = looping[0][0]["ids"]
+    assert loop[:6] == [7, 9, 7, 9, 7, 9] and len(set(bigrams(loop))) < len(bigrams(loop))
+    cfg = GenerateConfig(method=method, beams=2, max_new_tokens=8, no_repeat_ngram=2)
+    ids = generate_ids(model, [[CLS, 4, SEP]], cfg, SEP, PAD)[0][0]["ids"]
+    assert ids[:3] == [7, 9, 7] and ids[3:4] != [9]
+    assert len(set(bigrams(ids))) == len(bigrams(ids))

@@ -282,7 +282,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     options = dict(method=args.method, beams=args.beams, length_penalty=args.length_penalty,
                    max_new_tokens=args.max_new_tokens, top_k=args.top_k, top_p=args.top_p,
                    temperature=args.temperature, num_return=args.num_return, seed=args.seed,
-                   sweeps=args.sweeps, iterations=args.iterations, lengths=args.length_candidates)
+                   sweeps=args.sweeps, iterations=args.iterations, lengths=args.length_candidates,
+                   no_repeat_ngram=args.no_repeat_ngram)
     GenerateConfig(**{k: v for k, v in options.items() if v is not None}).check()  # before the model loads
     lines = read_lines(args.input, skip_empty=False)
     if args.input.endswith((".jsonl", ".json")):
@@ -624,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sample: below 1 sharper, above 1 flatter")
     p.add_argument("--num-return", type=int, default=1, help="sequences per source (beam's n-best, or samples)")
     p.add_argument("--sweeps", type=int, default=4, help="gibbs: passes over the target positions")
+    p.add_argument("--no-repeat-ngram", type=int, default=0,
+                   help="greedy, beam, sample: never repeat an n-gram of this size within a sequence (0: off)")
     p.add_argument("--iterations", type=int, default=10,
                    help="mask-predict: passes; each after the first re-masks and re-predicts the least confident")
     p.add_argument("--length-candidates", type=length_list,

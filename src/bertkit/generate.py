@@ -60,6 +60,7 @@ class GenerateConfig:
     num_return: int = 1  # sequences per source: beam's n-best, or independent samples
     seed: int | None = None
     sweeps: int = 4  # gibbs: passes over the target positions
+    no_repeat_ngram: int = 0  # greedy, beam, sample: never repeat an n-gram of this size in a sequence (0: off)
     iterations: int = 10  # mask-predict: passes (T in the paper, which used 10)
     lengths: tuple[int, ...] | None = None  # mask-predict: target lengths tried; None: the model's saved ones
     use_cache: bool = True
@@ -85,6 +86,12 @@ class GenerateConfig:
         if self.lengths is not None and (not self.lengths or min(self.lengths) < 1):
             raise BertkitError(f"--length-candidates {self.lengths}: every length must be at least 1",
                                hint="e.g. --length-candidates 4,6,8")
+        if self.no_repeat_ngram < 0:
+            raise BertkitError(f"--no-repeat-ngram {self.no_repeat_ngram}: must be 0 (off) or more",
+                               hint="e.g. --no-repeat-ngram 3")
+        if self.no_repeat_ngram and self.method not in LEFT_TO_RIGHT:
+            raise BertkitError(f"--no-repeat-ngram with --method {self.method}: it applies to left-to-right "
+                               f"decoding ({', '.join(LEFT_TO_RIGHT)})", hint="drop --no-repeat-ngram")
         if self.num_return < 1:
             raise BertkitError(f"--num-return {self.num_return}: must be at least 1", hint="e.g. --num-return 3")
         if self.method == "greedy" and self.num_return > 1:
@@ -178,15 +185,31 @@ class _Decoder:
 # Methods
 
 
+def _ban_repeats(logprobs: torch.Tensor, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """logprobs (R, V) with -inf, per row, at every token that would complete an n-gram the row's tokens so far
+    (R, t) already hold (transformers' no_repeat_ngram_size); unchanged for n = 0."""
+    if n < 1 or tokens.shape[1] < n - 1:
+        return logprobs
+    logprobs = logprobs.clone()
+    for r, seq in enumerate(tokens.tolist()):
+        last = tuple(seq[len(seq) - n + 1:]) if n > 1 else ()
+        banned = [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == last]
+        if banned:
+            logprobs[r, banned] = -math.inf
+    return logprobs
+
+
 def _greedy_or_sample(decoder: _Decoder, cfg: GenerateConfig, sep_id: int, pad_id: int, B: int,
                       generator: torch.Generator | None) -> list[list[dict]]:
-    """Per row, one sequence: the argmax token at each step, or a sample. Rows run until [SEP] or the limit."""
+    """Per row, one sequence: the argmax token at each step, or a sample (neither completing a repeated n-gram
+    under no_repeat_ngram). Rows run until [SEP] or the limit."""
     logprobs = decoder.start()  # (B, V)
     device = logprobs.device
     tokens = torch.empty(B, 0, dtype=torch.long, device=device)
     scores = torch.zeros(B, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(cfg.max_new_tokens):
+        logprobs = _ban_repeats(logprobs, tokens, cfg.no_repeat_ngram)
         if cfg.method == "sample":
             chosen = _sample(logprobs, cfg, generator)
         else:
@@ -245,6 +268,7 @@ def _beam(decoder: _Decoder, cfg: GenerateConfig, sep_id: int, B: int) -> list[l
         return logprob / (max(length, 1) ** cfg.length_penalty)
 
     for step in range(cfg.max_new_tokens):
+        logprobs = _ban_repeats(logprobs, tokens, cfg.no_repeat_ngram)
         total = (running.view(B * K, 1) + logprobs).view(B, K * V)  # (B, K*V)
         best, index = total.topk(2 * K, dim=-1)  # 2K: even if K of them end here, K stay alive
         beam_of, token_of = index // V, index % V  # (B, 2K)

@@ -228,7 +228,7 @@ class Pipeline:
         """Per source text: the `generated` text and its `score` (summed log-probability; mask-predict: the
         mean); with beam search or num_return > 1, also the `n_best` ({text, score}, best first). Options: those
         of generate.GenerateConfig (method greedy|beam|sample|gibbs|mask-predict, beams, length_penalty,
-        max_new_tokens, top_k, top_p, temperature, num_return, seed, sweeps, iterations, lengths);
+        max_new_tokens, top_k, top_p, temperature, num_return, seed, sweeps, iterations, lengths, no_repeat_ngram);
         max_new_tokens and mask-predict's lengths default to the model's generation_config.json, whose
         objective decides which methods the model may use."""
         from bertkit.device import resolve_precision
