@@ -211,7 +211,11 @@ def benchmark(args, argv: list[str]) -> str:
     references = [p["target"] for p in dev]
     model = args.model or default_model()
     python = [sys.executable, "-m", "bertkit"]
+    timings = out("seconds.json")  # each step's wall clock, kept across reruns that reuse the step
     seconds = {}
+    if os.path.isfile(timings):
+        with open(timings, encoding="utf-8") as f:
+            seconds = json.load(f)
     finetuned = out("finetune/seed-1")
     if not os.path.isfile(os.path.join(finetuned, "generation_config.json")):
         seconds["fine-tuning"] = run(
@@ -230,6 +234,8 @@ def benchmark(args, argv: list[str]) -> str:
         generated[method] = [r["generated"] for r in read_jsonl(path)]
         if len(generated[method]) != len(dev):
             raise Failure(f"{path} has {len(generated[method])} lines for {len(dev)} sources (delete it to rerun)")
+    with open(timings, "w", encoding="utf-8") as f:
+        json.dump(seconds, f)
     results = {method: scores(hypotheses, references) for method, hypotheses in generated.items()}
     with open(out("results.json"), "w", encoding="utf-8") as f:
         json.dump({m: {k: v for k, v in r.items() if k != "each_rougeL"} for m, r in results.items()}, f, indent=2)
@@ -250,13 +256,13 @@ def render(args, argv, model, dev, generated, results, seconds) -> str:
             examples.append(f"- ({label}, ROUGE-L {100 * each[i]:.0f}) source: {dev[i]['source']!r}\n"
                             f"  reference: {dev[i]['target']!r}\n  "
                             + "; ".join(f"{m}: {generated[m][i]!r}" for m in reversed(list(generated))))
-    timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) or "all steps reused from OUT"
+    timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) or "not recorded"
     command = shlex.join(["python", "benchmarks/question_generation.py", *argv])
     return "\n".join([
         f"# Question generation (SQuAD v1.1): `{command}`", "", machine_summary(), "",
         f"Model: {model}, `bertkit finetune --task seq2seq` for {args.epochs:g} epochs (lr {args.lr:g}, batch "
         f"{args.batch_size}, label smoothing {args.label_smoothing:g}) on {TRAIN_FILE}; scored on {len(dev)} questions "
-        f"of {DEV_FILE} (a fixed random subset, seed {SUBSET_SEED}). Source: 'ANSWER : SENTENCE'. This run: {timing}.",
+        f"of {DEV_FILE} (a fixed random subset, seed {SUBSET_SEED}). Source: 'ANSWER : SENTENCE'. Wall clock: {timing}.",
         "", *rows, "", f"Examples ({shown}; the three best and the two worst by ROUGE-L):", "", *examples, ""])
 
 
