@@ -140,6 +140,11 @@ def pretrain_run(args, name: str) -> str:
     return os.path.join(args.out, f"pretrain-{name}")
 
 
+def model_dir(args, name: str) -> str:
+    """The model a finished pre-training run of setup `name` saved."""
+    return os.path.abspath(os.path.join(pretrain_run(args, name), "model"))
+
+
 def pretrain_summary(run: str) -> dict:
     """Held-out MLM accuracy (the last held-out point), steps, and mean training tokens/s of a finished run."""
     held_out, speeds, steps = None, [], 0
@@ -189,9 +194,9 @@ def render(args, argv: list[str], results: dict, data_notes: list[str]) -> str:
 
 
 def pretrain_into(args, name: str, models: dict) -> None:
-    run = pretrain_run(args, name)
-    payoff.pretrain_into(run, args.data, args.budget, pretrain_options(args, name), log_path(args, name))
-    models[name] = os.path.abspath(os.path.join(run, "model"))
+    payoff.pretrain_into(pretrain_run(args, name), args.data, args.budget, pretrain_options(args, name),
+                         log_path(args, name))
+    models[name] = model_dir(args, name)
 
 
 def pretrain_options(args, name: str) -> list[str]:
@@ -223,13 +228,13 @@ def overlapped(args, pretraining: list[str], models: dict, todo: list, files: di
     os.sched_setaffinity(0, fine_cpus)
     torch.set_num_threads(len(fine_cpus))
     waiting, process, current, entry = list(pretraining), None, None, None
-    todo, done = list(todo), 0
+    todo, done, widened = list(todo), 0, False
     previous = signal.signal(signal.SIGTERM, payoff.stop)
     try:
         while waiting or process or todo:
             if process is not None and (process.poll() is not None or not any(e[1] in models for e in todo)):
                 payoff.finish_pretraining(process, pretrain_run(args, current), log_path(args, current))
-                models[current] = os.path.abspath(os.path.join(pretrain_run(args, current), "model"))
+                models[current] = model_dir(args, current)
                 process = None
             if process is None and waiting:
                 current = waiting.pop(0)
@@ -237,11 +242,12 @@ def overlapped(args, pretraining: list[str], models: dict, todo: list, files: di
                                                    pretrain_options(args, current), log_path(args, current),
                                                    cpus=pre_cpus)
                 if process is None:  # finished before
-                    models[current] = os.path.abspath(os.path.join(pretrain_run(args, current), "model"))
+                    models[current] = model_dir(args, current)
                 continue
-            if process is None and not waiting:  # the pre-training is over: all the CPUs for the rest
+            if process is None and not widened:  # the pre-training is over: all the CPUs for the rest
                 os.sched_setaffinity(0, set(cpus))
                 torch.set_num_threads(len(cpus))
+                widened = True
             ready = [e for e in todo if e[1] in models]
             if not ready:
                 continue  # the loop's first test waits for the running pre-training
