@@ -103,7 +103,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         eval_every=args.eval_every, eval_samples=args.eval_samples, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, compile=args.compile, device=args.device,
         tensorboard=args.tensorboard,
-        dropout=args.dropout, stop_at=args.stop_at, max_minutes=args.max_minutes,
+        dropout=args.dropout, init_scheme=args.init_scheme, hold_local=args.hold_local, stop_at=args.stop_at, max_minutes=args.max_minutes,
         show_progress=not args.quiet)
     pretrain(cfg)
 
@@ -486,6 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.0,
                    help="dropout probability while pre-training (default: 0, off, as Cramming; 0.1 is the paper's); "
                         "the saved config.json keeps the model config's own values for fine-tuning")
+    p.add_argument("--init-scheme", choices=["normal", "local"], default=None,
+                   help="starting weights of a new model: normal, N(0, 0.02) everywhere as the paper; local, every "
+                        "attention head starts aimed at a neighbouring position, with the positions and the "
+                        "query/key weights held for --hold-local of the steps (breaks the small models' MLM plateau: "
+                        "BENCHMARKS.md) (default: the preset's recipe: local for tiny)")
+    p.add_argument("--hold-local", type=float, default=None,
+                   help="with --init-scheme local: the share of the steps during which the positions and the "
+                        "query/key weights stay as they started, in [0, 1] (default: the preset's recipe)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="a time limit: evaluate and save the final model when it is spent (the schedule is not "
                         "re-planned; --budget plans it)")

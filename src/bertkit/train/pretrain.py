@@ -42,7 +42,8 @@ from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_
 from bertkit.train.budget import (SECONDS_PER_STEP_ENV, Measurement, format_duration, measurement_override,
                                   parse_duration, plan_steps)
 from bertkit.train.optim import build_optimizer, set_lr, warmup_linear
-from bertkit.train.recipe import apply_recipe
+from bertkit.train.local_start import HeldWeights, check_local_start, local_attention_init
+from bertkit.train.recipe import INIT_SCHEMES, apply_recipe
 from bertkit.train.state import StopRequest, complete_checkpoints, load_checkpoint, save_checkpoint
 
 
@@ -90,6 +91,11 @@ class PretrainConfig:
     # about once has little to overfit. None keeps the model config's probabilities. The saved config.json
     # keeps the config's own values (0.1 for the presets) either way, for fine-tuning.
     dropout: float | None = 0.0
+    # None: from the recipe. "normal": every weight N(0, initializer_range), as the paper; "local": heads start
+    # aimed at neighbouring positions (train/local_start.py), with positions and query/key held for the first
+    # hold_local of the steps
+    init_scheme: str | None = None
+    hold_local: float | None = None
     show_progress: bool = True
     model_overrides: dict = field(default_factory=dict)
 
@@ -129,6 +135,14 @@ def build(cfg: PretrainConfig, world_size: int = 1):
     if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas) or not cfg.eps > 0:
         raise BertkitError(f"--betas {' '.join(map(str, cfg.betas))} --eps {cfg.eps}: each beta must be in [0, 1) "
                            "and epsilon positive", hint="e.g. --betas 0.9 0.98 --eps 1e-6")
+    if cfg.init_scheme not in INIT_SCHEMES or not 0.0 <= cfg.hold_local <= 1.0:
+        raise BertkitError(f"--init-scheme {cfg.init_scheme} --hold-local {cfg.hold_local}: the scheme is one of "
+                           f"{', '.join(INIT_SCHEMES)} and the held share of the steps in [0, 1]",
+                           hint="e.g. --init-scheme local --hold-local 0.5")
+    if cfg.init_scheme == "local" and (cfg.init or cfg.objective == "electra"):
+        raise BertkitError(f"--init-scheme local sets the starting weights of a new BERT; it cannot apply to "
+                           f"{'--init ' + cfg.init if cfg.init else '--objective electra'}",
+                           hint="drop --init-scheme local (or pass --init-scheme normal)")
     if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
         raise BertkitError(f"--dropout {cfg.dropout}: must be in [0, 1)", hint="e.g. --dropout 0.1, or 0 for none")
     check_output_dir(cfg.out, hint="pass --resume to continue that run, or choose a new --out", reuse=cfg.resume)
@@ -152,6 +166,9 @@ def build(cfg: PretrainConfig, world_size: int = 1):
         config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
                                      **cfg.model_overrides)
         model = objective.build_model(config)
+        if cfg.init_scheme == "local":
+            check_local_start(config)
+            local_attention_init(model.bert, cfg.seed)
     if cfg.dropout is not None:  # every module (both of ELECTRA's encoders): model.config, which is saved, keeps its own
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
@@ -457,6 +474,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     train_set.set_epoch(epoch)
     order = epoch_order(len(train_set), cfg.seed, epoch)
     autocast = precision.autocast(world.device)
+    held = None  # --init-scheme local's HeldWeights, once the number of steps is known
 
     def train_step(at_step: int, at_offset: int, window: dict) -> tuple[torch.Tensor, int]:
         """Forward and backward over this rank's micro-batches of one step, then clip; returns the gradient
@@ -474,6 +492,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 (loss / cfg.grad_accum).backward()
             add_statistics(window, statistics)
             tokens += int(batch["attention_mask"].sum())
+        if held is not None:
+            held.zero_grads(at_step)
         return torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm), tokens
 
     if plan is None and cfg.budget is not None:  # a fresh run under --budget: measure, then plan
@@ -485,6 +505,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if plan is None:
         plan = {"steps": cfg.steps, "lr": cfg.lr, "warmup": cfg.warmup, "budget": None, "measured": None}
     total_steps = plan["steps"]
+    if cfg.init_scheme == "local" and cfg.hold_local > 0:
+        held = HeldWeights(model.bert, round(cfg.hold_local * total_steps))
     if world.is_main:
         os.makedirs(cfg.out, exist_ok=True)
         atomic_write_json(os.path.join(cfg.out, "run.json"), {
@@ -534,6 +556,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
             window_tokens += tokens
             if torch.isfinite(grad_norm):
                 optimizer.step()
+                if held is not None:
+                    held.restore(step)
                 consecutive_bad = 0
                 window_norm += float(grad_norm)
                 window_good_steps += 1
