@@ -42,7 +42,7 @@ from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_
 from bertkit.train.budget import (SECONDS_PER_STEP_ENV, Measurement, format_duration, measurement_override,
                                   parse_duration, plan_steps)
 from bertkit.train.optim import build_optimizer, set_lr, warmup_linear
-from bertkit.train.local_start import HeldWeights, check_local_start, local_attention_init
+from bertkit.train.local_start import HeldWeights, local_attention_init
 from bertkit.train.recipe import INIT_SCHEMES, apply_recipe
 from bertkit.train.state import StopRequest, complete_checkpoints, load_checkpoint, save_checkpoint
 
@@ -167,8 +167,7 @@ def build(cfg: PretrainConfig, world_size: int = 1):
                                      **cfg.model_overrides)
         model = objective.build_model(config)
         if cfg.init_scheme == "local":
-            check_local_start(config)
-            local_attention_init(model.bert, cfg.seed)
+            local_attention_init(model.bert, cfg.seed)  # says which shapes it cannot start
     if cfg.dropout is not None:  # every module (both of ELECTRA's encoders): model.config, which is saved, keeps its own
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
