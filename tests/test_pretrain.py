@@ -153,6 +153,12 @@ def test_demo_smoke(tmp_path):
     done = {(start, seed): out / "finetune" / start / seed / "eval_results.json"
             for start in ("pretrained", "random") for seed in seeds}
     assert all(path.exists() for path in done.values())
+    # the random start is the paper's N(0, 0.02), not the local start pre-training began from (which zeroes the
+    # word embeddings' last head-size dimensions)
+    words = load_file(out / "finetune" / "random-init" / "model.safetensors")["bert.embeddings.word_embeddings.weight"]
+    assert bool((words[:, -64:] != 0).all()) and abs(float(words.std()) - 0.02) < 0.002
+    run_config = json.loads((out / "run" / "run.json").read_text())
+    assert run_config["init_scheme"] == "local"
 
     shutil.rmtree(out / "finetune" / "random" / seeds[-1])  # stopped during the random start's last seed
     kept = {key: path.stat().st_mtime_ns for key, path in done.items() if key != ("random", seeds[-1])}
