@@ -10,7 +10,7 @@ import torch
 from bertkit.config import preset
 from bertkit.errors import BertkitError
 from bertkit.model import BertForPreTraining
-from bertkit.train.local_start import OFFSETS, HeldWeights, check_local_start, local_attention_init
+from bertkit.train.local_start import HeldWeights, check_local_start, head_offset, local_attention_init
 from bertkit.train.pretrain import PretrainConfig
 from bertkit.train.recipe import apply_recipe
 from conftest import assert_one_line_error, pretrain_args, run_cli
@@ -34,7 +34,7 @@ def weight_at_offsets(model, T=128):
     weights = {}
     for layer, probs in enumerate(attentions):
         for h in range(heads):
-            offset = OFFSETS[(layer * heads + h) % len(OFFSETS)]
+            offset = head_offset(layer, h, heads)
             rows = torch.arange(max(0, offset), min(T, T + offset))
             weights[layer, h] = float(probs[:, h, rows, rows - offset].mean())
     return weights

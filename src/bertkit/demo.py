@@ -314,9 +314,9 @@ def module_task(task_dir: str, seed: int) -> dict:
             "majority_accuracy": count / len(splits["dev"])}
 
 
-def finetune_twice(out: str, model_dir: str, untrained, tokenizer, precision: str, seed: int, epochs: int,
+def finetune_twice(out: str, model_dir: str, random_start, tokenizer, precision: str, seed: int, epochs: int,
                    show_progress: bool, resume: bool, own_corpus: bool = False) -> dict:
-    """Build the task, fine-tune the pre-trained `model_dir` and the `untrained` twin on it with
+    """Build the task, fine-tune the pre-trained `model_dir` and the `random_start` twin on it with
     FINETUNE_RECIPE, print the dev accuracies side by side. With `resume`, runs finished before are reused
     and an interrupted one continues from its checkpoint (as `bertkit finetune --resume`). `own_corpus`: the
     model was pre-trained on the user's text, which may hold these docstrings."""
@@ -335,9 +335,9 @@ def finetune_twice(out: str, model_dir: str, untrained, tokenizer, precision: st
     print(f"      {task['train']} train / {task['dev']} dev sentences in {task_dir}{unseen}; {epochs} epochs, "
           f"lr {FINETUNE_RECIPE['lr']:g}, {len(seeds)} seeds, from each start")
     random_dir = os.path.join(runs_dir, "random-init")  # the paper's random initialisation, the same --seed
-    untrained.save_pretrained(random_dir)
-    tokenizer.save_pretrained(random_dir, model_max_length=untrained.config.max_position_embeddings)
-    max_seq_len = min(FINETUNE_RECIPE["max_seq_len"], untrained.config.max_position_embeddings)  # a --seq-len 64 demo
+    random_start.save_pretrained(random_dir)
+    tokenizer.save_pretrained(random_dir, model_max_length=random_start.config.max_position_embeddings)
+    max_seq_len = min(FINETUNE_RECIPE["max_seq_len"], random_start.config.max_position_embeddings)  # a --seq-len 64 demo
     results = {}
     for name, start, title in (("pretrained", model_dir, "pre-trained"), ("random", random_dir, "random init")):
         cfg = FinetuneConfig(task="classify", model=start, out=os.path.join(runs_dir, name), data=task_dir,

@@ -21,6 +21,7 @@ weights move early differ. Hand-built starts of this kind: mimetic initialisatio
 positions in a subspace of their own: as in DeBERTa's disentangled attention, here without changing the model.
 
   OFFSETS, PEAK_LOGIT
+  head_offset(layer, head, heads)       the offset a head starts aimed at
   local_attention_init(encoder, seed)   set a BertModel's starting weights as above (in place)
   check_local_start(config)             the model shapes it applies to (at least 2 heads, head size even and
                                         smaller than the width); raises BertkitError otherwise
@@ -37,6 +38,11 @@ from bertkit.errors import BertkitError
 
 OFFSETS = (1, -1, 2, -2)  # head k (counted over layers) looks at position i - OFFSETS[k % 4]: left, right, ...
 PEAK_LOGIT = 6.0  # the aimed-at key's attention logit minus the median logit, after calibration
+
+
+def head_offset(layer: int, head: int, heads: int) -> int:
+    """The offset head `head` of layer `layer` starts aimed at: it attends to position i - offset."""
+    return OFFSETS[(layer * heads + head) % len(OFFSETS)]
 
 
 def check_local_start(config) -> None:
@@ -84,7 +90,7 @@ def local_attention_init(encoder, seed: int = 0) -> None:
     for layer_index, layer in enumerate(encoder.layers):
         weight, bias = layer.attention.qkv.weight, layer.attention.qkv.bias  # rows: queries, keys, values
         for h in range(heads):
-            offset = OFFSETS[(layer_index * heads + h) % len(OFFSETS)]
+            offset = head_offset(layer_index, h, heads)
             q, k, v = (slice(i * H + h * size, i * H + (h + 1) * size) for i in range(3))
             weight[q], weight[k] = 0, 0
             weight[q, part] = eye.to(weight.dtype)
@@ -112,7 +118,7 @@ def _calibrate(encoder, seed: int, rounds: int = 3) -> None:
             logits = probs.clamp_min(1e-30).log()
             gaps = []
             for h in range(heads):
-                offset = OFFSETS[(layer_index * heads + h) % len(OFFSETS)]
+                offset = head_offset(layer_index, h, heads)
                 rows = torch.arange(max(0, offset), min(T, T + offset))
                 gaps.append((logits[:, h, rows, rows - offset] - logits[:, h, rows].median(-1).values).mean())
             gap = float(torch.stack(gaps).mean())
