@@ -5,8 +5,9 @@
 
 A research harness, not bertkit's training loop: MLM only, on contiguous windows drawn at random from the
 training split (no NSP), masking as the paper (15%, 80/10/10), AdamW (bertkit's build_optimizer, betas 0.9/0.98),
-warmup 6% then linear decay, gradients clipped at 1.0, bf16 autocast (--fp32 to turn off), one thread. Every
---eval-every steps it prints a JSON line: held-out MLM accuracy and loss (acc128/loss128) on 512 fixed windows
+warmup 6% then linear decay, gradients clipped at 1.0, bf16 autocast where bertkit's `auto` picks it (a CPU that runs bf16 natively;
+--fp32 to turn off), one thread. Every
+--eval-every steps it prints a JSON line (after a first line with the CPU model and flags): held-out MLM accuracy and loss (acc128/loss128) on 512 fixed windows
 of 128 tokens of the validation split with fixed masks (and at --L too, when it differs).
 
   (no option)        bertkit's tiny BERT, the paper's initialisation: the plateau
@@ -58,6 +59,10 @@ p.add_argument("--tie-cbow", action="store_true")
 p.add_argument("--local", type=float, default=0.0)  # peak attention logit of a local-attention init (0: off)
 p.add_argument("--offsets", default="1,-1;2,-2")
 a = p.parse_args()
+from bertkit.device import machine_summary
+print(machine_summary(), flush=True)  # the CPU model and flags beside every probe's numbers
+from bertkit.device import resolve_precision
+BF16 = not a.fp32 and resolve_precision("auto", torch.device("cpu"), announce=False).name == "bf16"  # native only
 tok = Tokenizer.from_pretrained(a.data + "/tokenizer")
 train, val = PreparedCorpus(a.data, "train"), PreparedCorpus(a.data, "validation")
 V = train.vocab_size
@@ -164,7 +169,7 @@ for L in sorted({128, a.L}):
     EV[L] = mask(ids, eg, 0.15)
 
 def run(ids, labels, pos=None):
-    with torch.autocast("cpu", torch.bfloat16, enabled=not a.fp32):
+    with torch.autocast("cpu", torch.bfloat16, enabled=BF16):
         if a.cbow:
             return model(ids, labels)
         h = model.bert(ids, position_ids=pos).last_hidden_state
