@@ -26,7 +26,7 @@ bertkit's own implementation of the winning combination (--local 6 --vo 0.088 --
 is train/local_start.py (`pretrain --init-scheme local`); this script keeps its own copy so that each part can
 be switched off alone.
 """
-import argparse, json, math, time, sys
+import argparse, json, time
 import numpy as np, torch, torch.nn.functional as F
 torch.set_num_threads(1)
 from bertkit.config import preset
@@ -120,7 +120,6 @@ def local_init(bert, peak, offsets):
         for it in range(3):
             out = bert(ids, output_attentions=True)
             probs = out.attentions[li]  # (B, nh, T, T)
-            x = ids  # measure logits indirectly: log(p_peak / p_median)
             d = offsets[li % len(offsets)][0]
             T = 128; rows = torch.arange(max(0, d), min(T, T + d))
             pk = probs[:, 0, rows, rows - d]
