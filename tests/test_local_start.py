@@ -114,7 +114,7 @@ def test_the_recipe_picks_local_for_tiny_where_it_applies(tmp_path):
     cfg, _ = apply_recipe(PretrainConfig(data=["d"], out="o", model_config="tiny", steps=5, objective="electra"))
     assert cfg.init_scheme == "normal"
     cfg, _ = apply_recipe(PretrainConfig(data=["d"], out="o", model_config="tiny", steps=5, init_scheme="normal"))
-    assert cfg.init_scheme == "normal"
+    assert cfg.init_scheme == "normal" and cfg.hold_local == 0.0  # nothing of tiny's hold is left without local
 
 
 def test_a_resumed_local_run_is_bit_identical(prepared, tmp_path):
@@ -129,9 +129,23 @@ def test_a_resumed_local_run_is_bit_identical(prepared, tmp_path):
     assert same_weights(straight, resumed)
 
 
+def test_resume_with_another_hold_is_refused(prepared, tmp_path):
+    """The hold decides which weights move at which step: a resumed run must keep it (and the scheme)."""
+    run = tmp_path / "run"
+    run_cli(*pretrain_args(prepared, run, "--init-scheme", "local", "--hold-local", 0.5, "--stop-at", 2))
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    proc = run_cli(*pretrain_args(prepared, run, "--init-scheme", "local", "--hold-local", 0.25, "--resume"),
+                   check=False)
+    assert_one_line_error(proc, "--resume", "hold_local 0.5 -> 0.25")
+    proc = run_cli(*pretrain_args(prepared, run, "--init-scheme", "normal", "--resume"), check=False)
+    assert_one_line_error(proc, "--resume", "init_scheme 'local' -> 'normal'")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
 @pytest.mark.parametrize("extra, fragments", [
     (["--init-scheme", "local", "--hold-local", 1.5], ["--hold-local 1.5", "in [0, 1]"]),
     (["--init-scheme", "local", "--objective", "electra"], ["--init-scheme local", "--objective electra"]),
+    (["--init-scheme", "normal", "--hold-local", 0.5], ["--hold-local 0.5", "--init-scheme normal"]),
 ])
 def test_bad_local_settings(prepared, tmp_path, extra, fragments):
     proc = run_cli(*pretrain_args(prepared, tmp_path / "run", *extra), check=False)

@@ -139,6 +139,10 @@ def build(cfg: PretrainConfig, world_size: int = 1):
         raise BertkitError(f"--init-scheme {cfg.init_scheme} --hold-local {cfg.hold_local}: the scheme is one of "
                            f"{', '.join(INIT_SCHEMES)} and the held share of the steps in [0, 1]",
                            hint="e.g. --init-scheme local --hold-local 0.5")
+    if cfg.init_scheme != "local" and cfg.hold_local > 0:
+        raise BertkitError(f"--hold-local {cfg.hold_local}: it holds the local start's weights, and this run starts "
+                           f"with --init-scheme {cfg.init_scheme}",
+                           hint="add --init-scheme local, or drop --hold-local")
     if cfg.init_scheme == "local" and (cfg.init or cfg.objective == "electra"):
         raise BertkitError(f"--init-scheme local sets the starting weights of a new BERT; it cannot apply to "
                            f"{'--init ' + cfg.init if cfg.init else '--objective electra'}",
@@ -265,11 +269,12 @@ def summarize(totals: dict[str, list], objective: Objective) -> dict:
 
 
 # What fixes the sample stream: a resumed run must agree on these, or it would silently see other samples.
-# (dropout draws from a stream of its own, seeded per step, and a changed probability changes the run as much.)
+# (dropout draws from a stream of its own, seeded per step, and a changed probability changes the run as much;
+# the starting weights and how long the local start's are held change it as much again.)
 STREAM_FIELDS = ("seed", "batch_size", "grad_accum", "seq_len", "objective", "masking", "mask_rate", "max_predictions",
-                 "dropout")
+                 "dropout", "init_scheme", "hold_local")
 # What a checkpoint written before a field existed was trained with; None: unknown, not compared.
-STREAM_BEFORE = {"mask_rate": MASK_RATE, "dropout": None}
+STREAM_BEFORE = {"mask_rate": MASK_RATE, "dropout": None, "init_scheme": None, "hold_local": None}
 
 
 def stream_signature(cfg: PretrainConfig, world: distributed.World) -> dict:

@@ -108,6 +108,8 @@ def apply_recipe(cfg):
     values = {f: getattr(recipe, f) for f in unset}
     if "init_scheme" in values and (cfg.init is not None or cfg.objective == "electra"):
         values["init_scheme"] = "normal"  # the local start builds a new BERT; it does not apply here
+    if "hold_local" in values and values.get("init_scheme", cfg.init_scheme) != "local":
+        values["hold_local"] = 0.0  # nothing to hold without the local start
     cfg = dataclasses.replace(cfg, **values)
     values = ", ".join(_show(f, getattr(cfg, f)) for f in unset)
     whose = f"the {source} recipe" if source else "the paper's settings (no preset has this model's shape)"
