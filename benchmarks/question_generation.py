@@ -12,7 +12,8 @@ answer, split by blingfire), target = the question. Train on
    into OUT/finetune;
 3. `bertkit generate` with greedy and beam search (also with --no-repeat-ngram 3) into OUT/greedy.jsonl,
    OUT/beam.jsonl, OUT/beam-no-repeat.jsonl (with
-   --target-masking uniform, a conditional masked LM: mask-predict into OUT/mask-predict.jsonl);
+   --target-masking uniform, a conditional masked LM: mask-predict into OUT/mask-predict.jsonl; with
+   --target-masking unilm, UniLM's masked target, the same three left-to-right runs);
 4. the template baseline: a wh-word chosen from the answer's form + the sentence with the answer taken out;
 5. OUT/table.md: corpus BLEU-4 (sacrebleu, lowercased: the model is uncased) and mean ROUGE-L F1 (rouge-score,
    stemmed) per method, and five examples from beam search (the three best and two worst by ROUGE-L).
@@ -36,8 +37,9 @@ SQUAD = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "squad
 TRAIN_FILE, DEV_FILE = "train-v1.1.subset-44articles.json", "dev-v1.1.part-a.json"
 SUBSET_SEED = 0
 # --target-masking -> the `bertkit generate` runs its model can make
-METHODS = {"shifted": {"greedy": ["--method", "greedy"], "beam": ["--method", "beam", "--beams", "4"],
-                       "beam-no-repeat": ["--method", "beam", "--beams", "4", "--no-repeat-ngram", "3"]},
+LEFT_TO_RIGHT = {"greedy": ["--method", "greedy"], "beam": ["--method", "beam", "--beams", "4"],
+                 "beam-no-repeat": ["--method", "beam", "--beams", "4", "--no-repeat-ngram", "3"]}
+METHODS = {"shifted": LEFT_TO_RIGHT, "unilm": LEFT_TO_RIGHT,
            "uniform": {"mask-predict": ["--method", "mask-predict", "--iterations", "10"]}}
 NAMES = {"template": "template baseline (wh-word + sentence without the answer)", "greedy": "fine-tuned, greedy",
          "beam": "fine-tuned, beam search (4 beams)",
@@ -172,7 +174,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-target-len", type=int, default=48)
     p.add_argument("--dev-examples", type=int, default=500, help="a fixed random subset of the dev questions")
     p.add_argument("--target-masking", choices=list(METHODS), default="shifted",
-                   help="seq2seq fine-tuning's loss: shifted (left to right; greedy and beam search) or uniform "
+                   help="seq2seq fine-tuning's loss: shifted (left to right; greedy and beam search), unilm "
+                        "(UniLM's 70%% masked target, left to right; greedy and beam search) or uniform "
                         "(a conditional masked LM; mask-predict)")
     p.add_argument("--finetune-args", default="", help="more `bertkit finetune` options")
     return p.parse_args(argv)

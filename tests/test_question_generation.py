@@ -73,7 +73,8 @@ def test_missing_squad_folder_exits_2(qg, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("masking, methods", [("shifted", ["greedy", "beam", "beam-no-repeat"]),
-                                             ("uniform", ["mask-predict"])])
+                                             ("uniform", ["mask-predict"]),
+                                             ("unilm", ["greedy", "beam", "beam-no-repeat"])])
 def test_table_rows_and_examples(qg, masking, methods):
     args = qg.parse_args(["--out", "o", "--target-masking", masking])
     dev = [{"source": f"a{i} : s{i}", "target": f"question {i} ?"} for i in range(6)]

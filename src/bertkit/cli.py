@@ -581,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-masking", help="seq2seq: shifted (default; each position predicts the next target "
                                             "token: greedy, beam, sample) or uniform (1..all target tokens masked "
                                             "at random and predicted, a conditional MLM: generate --method "
-                                            "mask-predict)")
+                                            "mask-predict) or unilm (UniLM's own: 70%% of the target masked, "
+                                            "left to right; greedy, beam, sample read each token off a [MASK])")
     p.add_argument("--max-train-examples", type=positive_int, help="train on the first N examples (a quick run)")
     p.add_argument("--log-every", type=positive_int, default=None,
                    help="steps between metrics.jsonl lines (default: about 50 over the run, at most every 50)")

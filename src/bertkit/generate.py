@@ -43,6 +43,7 @@ LEFT_TO_RIGHT = ("greedy", "beam", "sample")
 # (an MLM from elsewhere) is taken as left to right, as before mask-predict.
 OBJECTIVE_METHODS = {
     "unilm-shifted": (*LEFT_TO_RIGHT, "gibbs"),
+    "unilm-masked": (*LEFT_TO_RIGHT, "gibbs"),
     "cmlm": ("mask-predict", "gibbs"),
     None: (*LEFT_TO_RIGHT, "gibbs"),
 }
@@ -129,10 +130,13 @@ class _Decoder:
     """The model's next-token log-probabilities for B rows, given their sources and the tokens so far.
 
     source_ids: (B, S) `[CLS] source [SEP]` right-padded; source_lengths: (B,). With the cache, `start`
-    runs the sources once and `step` runs one new token per row; without it, each call recomputes all."""
+    runs the sources once and `step` runs one new token per row; without it, each call recomputes all.
+    mask_id: for a model trained with UniLM's masked target (--target-masking unilm): the next token is read
+    off a `[MASK]` put after the tokens so far (run with them, never kept in the cache); None: off the last token."""
 
-    def __init__(self, model, source_ids: torch.Tensor, source_lengths: torch.Tensor, use_cache: bool):
-        self.model, self.use_cache = model, use_cache
+    def __init__(self, model, source_ids: torch.Tensor, source_lengths: torch.Tensor, use_cache: bool,
+                 mask_id: int | None = None):
+        self.model, self.use_cache, self.mask_id = model, use_cache, mask_id
         self.source_ids, self.lengths = source_ids, source_lengths
         S = source_ids.shape[1]
         self.source_keys = torch.arange(S, device=source_ids.device)[None, :] < source_lengths[:, None]  # (B, S)
@@ -142,35 +146,47 @@ class _Decoder:
         return self.model.mlm(hidden).float().log_softmax(-1)
 
     def start(self) -> torch.Tensor:
-        """Log-probabilities of the first target token, (B, V): the output at each source's [SEP]."""
+        """Log-probabilities of the first target token, (B, V): the output at each source's [SEP] (or at the
+        [MASK] after it)."""
         ids = self.source_ids
-        mask = self.source_keys[:, None, :].expand(-1, ids.shape[1], -1)  # (B, S, S): the source sees the source
-        hidden = self.model.bert(ids, torch.zeros_like(ids), mask, cache=self.cache).last_hidden_state
-        last = hidden[torch.arange(len(ids)), self.lengths - 1]  # (B, H)
-        return self._logits(last)
+        if self.mask_id is None or self.cache is not None:
+            mask = self.source_keys[:, None, :].expand(-1, ids.shape[1], -1)  # (B, S, S): the source sees the source
+            hidden = self.model.bert(ids, torch.zeros_like(ids), mask, cache=self.cache).last_hidden_state
+            if self.mask_id is None:
+                return self._logits(hidden[torch.arange(len(ids)), self.lengths - 1])  # (B, H)
+        return self.step(ids.new_empty(len(ids), 0))  # the sources are cached, or recomputed with the [MASK]
 
     def step(self, generated: torch.Tensor) -> torch.Tensor:
-        """generated: (B, t) the tokens so far (t >= 1) -> log-probabilities of token t + 1, (B, V)."""
+        """generated: (B, t) the tokens so far -> log-probabilities of token t + 1, (B, V). t >= 1, or 0 with a
+        mask_id (the first token, read off a [MASK])."""
         B, t = generated.shape
         S = self.source_ids.shape[1]
         device = generated.device
-        new_positions = self.lengths[:, None] + torch.arange(t, device=device)[None, :]  # (B, t)
-        causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()  # (t, t) the target to the left
+        if self.mask_id is not None:
+            generated = torch.cat([generated, torch.full((B, 1), self.mask_id, device=device)], dim=1)
+        n = generated.shape[1]  # target positions this step reads
+        new_positions = self.lengths[:, None] + torch.arange(n, device=device)[None, :]  # (B, n)
+        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()  # (n, n) the target to the left
         if self.use_cache:
-            if len(self.cache) != S + t - 1:
-                raise RuntimeError(f"the cache holds {len(self.cache)} positions, expected {S + t - 1}")
-            ids, positions = generated[:, -1:], new_positions[:, -1:]  # (B, 1): only the newest token runs
-            mask = torch.cat([self.source_keys, causal[-1:].expand(B, -1)], dim=1)[:, None, :]  # (B, 1, S + t)
+            cached = max(t - 1, 0)  # target positions already in the cache: all but the newest token
+            if len(self.cache) != S + cached:
+                raise RuntimeError(f"the cache holds {len(self.cache)} positions, expected {S + cached}")
+            ids, positions = generated[:, cached:], new_positions[:, cached:]  # the newest token (and the [MASK])
+            fresh = n - cached
+            mask = torch.cat([self.source_keys[:, None, :].expand(-1, fresh, -1),
+                              causal[cached:].expand(B, -1, -1)], dim=2)  # (B, fresh, S + n)
         else:
-            ids = torch.cat([self.source_ids, generated], dim=1)  # (B, S + t)
+            ids = torch.cat([self.source_ids, generated], dim=1)  # (B, S + n)
             positions = torch.cat([torch.arange(S, device=device).expand(B, -1), new_positions], dim=1)
-            source_rows = torch.cat([self.source_keys, torch.zeros(B, t, dtype=torch.bool, device=device)], dim=1)
-            target_rows = torch.cat([self.source_keys[:, None, :].expand(-1, t, -1),
-                                     causal.expand(B, -1, -1)], dim=2)  # (B, t, S + t)
-            mask = torch.cat([source_rows[:, None, :].expand(-1, S, -1), target_rows], dim=1)  # (B, S + t, S + t)
-        segments = torch.cat([torch.zeros(B, ids.shape[1] - min(t, ids.shape[1]), dtype=torch.long, device=device),
-                              torch.ones(B, min(t, ids.shape[1]), dtype=torch.long, device=device)], dim=1)
+            source_rows = torch.cat([self.source_keys, torch.zeros(B, n, dtype=torch.bool, device=device)], dim=1)
+            target_rows = torch.cat([self.source_keys[:, None, :].expand(-1, n, -1),
+                                     causal.expand(B, -1, -1)], dim=2)  # (B, n, S + n)
+            mask = torch.cat([source_rows[:, None, :].expand(-1, S, -1), target_rows], dim=1)  # (B, S + n, S + n)
+        segments = torch.cat([torch.zeros(B, ids.shape[1] - min(n, ids.shape[1]), dtype=torch.long, device=device),
+                              torch.ones(B, min(n, ids.shape[1]), dtype=torch.long, device=device)], dim=1)
         hidden = self.model.bert(ids, segments, mask, position_ids=positions, cache=self.cache).last_hidden_state
+        if self.cache is not None and self.mask_id is not None:
+            self.cache.truncate(S + t)  # the [MASK] was only read from
         return self._logits(hidden[:, -1])
 
     def select(self, rows: torch.Tensor) -> None:
@@ -425,10 +441,11 @@ def mask_predict_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_i
 
 @torch.no_grad()
 def generate_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: int, pad_id: int,
-                 mask_id: int | None = None) -> list[list[dict]]:
+                 mask_id: int | None = None, objective: str | None = None) -> list[list[dict]]:
     """Per source (`[CLS] source [SEP]` ids), cfg.num_return sequences, best first: {"ids" (without the final
     [SEP]), "score" (summed log-probability; beam: / length ** length_penalty), "finished" (ended in [SEP])}.
-    mask_id: the [MASK] token, for gibbs and mask-predict (whose score is the mean log-probability)."""
+    mask_id: the [MASK] token, for gibbs and mask-predict (whose score is the mean log-probability), and for
+    left-to-right decoding of a model whose objective (generation_config.json) is "unilm-masked"."""
     cfg.check()
     model.eval()
     if cfg.method == "mask-predict":
@@ -442,12 +459,16 @@ def generate_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: i
     S = max(len(s) for s in sources)
     source_ids = torch.tensor([s + [pad_id] * (S - len(s)) for s in sources], device=device)
     lengths = torch.tensor([len(s) for s in sources], device=device)
+    next_mask = mask_id if objective == "unilm-masked" else None
+    if next_mask is None and objective == "unilm-masked":
+        raise BertkitError("a model trained with --target-masking unilm reads each next token off a [MASK]",
+                           hint="use a tokenizer with a [MASK] token")
     if cfg.method == "beam":
-        decoder = _Decoder(model, source_ids, lengths, cfg.use_cache)
+        decoder = _Decoder(model, source_ids, lengths, cfg.use_cache, next_mask)
         return [hyps[:cfg.num_return] for hyps in _beam(decoder, cfg, sep_id, len(sources))]
     repeat = cfg.num_return
     decoder = _Decoder(model, source_ids.repeat_interleave(repeat, 0), lengths.repeat_interleave(repeat, 0),
-                       cfg.use_cache)
+                       cfg.use_cache, next_mask)
     generator = None
     if cfg.method == "sample":
         generator = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
@@ -457,9 +478,9 @@ def generate_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: i
 
 
 def generate(model, tokenizer, texts: list[str], cfg: GenerateConfig, max_source_len: int,
-             batch_size: int = 32) -> tuple[list[list[dict]], int]:
+             batch_size: int = 32, objective: str | None = None) -> tuple[list[list[dict]], int]:
     """Generated texts per source text, cfg.num_return each ({"text", "score"}), and the number of sources cut
-    to max_source_len tokens. Sources are batched by length."""
+    to max_source_len tokens. Sources are batched by length. objective: generation_config.json's."""
     from bertkit.inference import length_grouped_batches
 
     cfg.check()
@@ -473,7 +494,7 @@ def generate(model, tokenizer, texts: list[str], cfg: GenerateConfig, max_source
     for indices in length_grouped_batches([len(s) for s in sources], batch_size):
         for i, hypotheses in zip(indices, generate_ids(model, [sources[i] for i in indices], cfg,
                                                        tokenizer.sep_token_id, tokenizer.pad_token_id,
-                                                       tokenizer.mask_token_id)):
+                                                       tokenizer.mask_token_id, objective)):
             out[i] = [{"text": tokenizer.decode(h["ids"]), "score": h["score"], "finished": h["finished"]}
                       for h in hypotheses]
     return out, cut

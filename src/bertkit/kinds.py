@@ -48,14 +48,18 @@ def _collate(features, tokenizer, cfg, rng):
 # seq2seq --target-masking -> the objective generation_config.json names, so `bertkit generate` knows the model:
 #   shifted  UniLM's left-to-right loss: each position predicts the next target token (greedy, beam, sample)
 #   uniform  a conditional masked LM: 1..m random target tokens masked and predicted (mask-predict)
-TARGET_MASKINGS = {"shifted": "unilm-shifted", "uniform": "cmlm"}
+#   unilm    UniLM's own: 70% of the target masked under the left-to-right mask; decoding reads each next token
+#            off a [MASK] put after the tokens so far (greedy, beam, sample)
+TARGET_MASKINGS = {"shifted": "unilm-shifted", "uniform": "cmlm", "unilm": "unilm-masked"}
 
 
 def _collate_seq2seq(features, tokenizer, cfg, rng):
-    from bertkit.data.features import collate_cmlm, collate_seq2seq
+    from bertkit.data.features import collate_cmlm, collate_seq2seq, collate_unilm
 
     if cfg.target_masking == "uniform":
         return collate_cmlm(features, tokenizer.pad_token_id, tokenizer.mask_token_id, rng)
+    if cfg.target_masking == "unilm":
+        return collate_unilm(features, tokenizer.pad_token_id, tokenizer.mask_token_id, tokenizer.vocab_size, rng)
     return collate_seq2seq(features, tokenizer.pad_token_id)
 
 

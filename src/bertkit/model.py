@@ -107,6 +107,11 @@ class KVCache:
         self.keys[layer], self.values[layer] = k, v
         return k, v
 
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on: a [MASK] run only to read the next token off it."""
+        self.keys = [k[:, :, :length] for k in self.keys]
+        self.values = [v[:, :, :length] for v in self.values]
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep (and repeat) the batch rows `rows` (B',): beam search follows the beams it keeps."""
         self.keys = [k.index_select(0, rows) for k in self.keys]

@@ -264,7 +264,8 @@ class Pipeline:
                                hint=f"use a length of {max(1, limit - 16)} or less")
         device = next(self.model.parameters()).device
         with resolve_precision(self.precision, device, announce=False).autocast(device):  # as the other pipelines
-            results, cut = generate(self.model, self.tokenizer, list(sources), cfg, max_source_len, self.batch_size)
+            results, cut = generate(self.model, self.tokenizer, list(sources), cfg, max_source_len, self.batch_size,
+                                    trained.get("objective"))
         _warn_truncated(cut, len(sources), max_source_len)
         out = []
         for hypotheses in results:

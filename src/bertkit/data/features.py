@@ -291,6 +291,36 @@ def collate_cmlm(features: Sequence[dict], pad_token_id: int, mask_token_id: int
     return batch
 
 
+UNILM_TARGET_MASK_RATE = 0.7  # UniLM's share of the target's tokens masked for sequence-to-sequence fine-tuning
+
+
+def collate_unilm(features: Sequence[dict], pad_token_id: int, mask_token_id: int, vocab_size: int,
+                  rng: np.random.Generator, rate: float = UNILM_TARGET_MASK_RATE) -> dict[str, torch.Tensor]:
+    """UniLM's own sequence-to-sequence batch (Dong et al. 2019): each target token (its final [SEP] included, so
+    the model learns to stop) is chosen with probability `rate` (at least one per target), labeled with itself,
+    and shown as [MASK] 80% of the time, a random token 10%, unchanged 10%, as BERT's MLM does; nothing else is
+    labeled. attention_mask: seq2seq_mask's (B, T, T), the target seeing only the target to its left, so a
+    [MASK] put after the tokens so far predicts the next one (generate.py's decoding of such a model).
+    The features are encode_seq2seq's (their shifted labels are not used). rng: the run's generator."""
+    from bertkit.model import seq2seq_mask
+
+    batch = collate([{k: f[k] for k in ("input_ids", "token_type_ids")} for f in features], pad_token_id)
+    ids, types = batch["input_ids"], batch["token_type_ids"]
+    target = types.bool() & batch["attention_mask"].bool()  # (B, T)
+    draw = torch.from_numpy(rng.random(ids.shape))
+    chosen = target & (draw < rate)
+    first = target & (target.long().cumsum(1) == 1)  # each target's first token: chosen if none of them was
+    chosen |= first & ~chosen.any(1, keepdim=True)
+    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
+    how = torch.from_numpy(rng.random(ids.shape))
+    random_ids = torch.from_numpy(rng.integers(0, vocab_size, ids.shape))
+    ids = torch.where(chosen & (how < 0.8), mask_token_id, ids)
+    ids = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_ids, ids)
+    batch["input_ids"], batch["labels"] = ids, labels
+    batch["attention_mask"] = seq2seq_mask(types, batch["attention_mask"])
+    return batch
+
+
 # ----------------------------------------------------------------------------------------------
 # Batching
 

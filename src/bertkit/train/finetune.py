@@ -70,7 +70,8 @@ class FinetuneConfig:
     max_query_len: int = 64
     max_target_len: int = 48  # seq2seq: target tokens kept (a longer target is cut, and counted)
     label_smoothing: float = 0.0  # seq2seq: of the token cross-entropy (UniLM used 0.1)
-    target_masking: str = "shifted"  # seq2seq: shifted (left to right) or uniform (a conditional MLM: mask-predict)
+    target_masking: str = "shifted"  # seq2seq: shifted (left to right), uniform (a conditional MLM: mask-predict)
+    # or unilm (UniLM's masked target, left to right)
     null_threshold: float = 0.0
     max_train_examples: int | None = None  # a quick run on the first N training examples
     group_by_length: bool = True
