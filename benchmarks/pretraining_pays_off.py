@@ -40,6 +40,7 @@ A full run is 5 tasks x 3 seeds x 3 models = 45 fine-tunes; run it in the backgr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -106,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: OMP_NUM_THREADS, else all)")
     p.add_argument("--keep-models", action="store_true", help="keep every fine-tuned model's weights")
     p.add_argument("--progress", action="store_true", help="show fine-tuning progress bars")
+    p.add_argument("--frozen-probe", action="store_true",
+                   help="also score the frozen models, no fine-tuning: a logistic-regression probe on SST-2 (the "
+                        "same training subset) and STS-B's cosine similarity, on mean-pooled last-layer vectors")
     args = p.parse_args(argv)
     if bool(args.pretrained) == bool(args.pretrain_budget):
         p.error("pass either --pretrained DIR or --pretrain-budget TIME --pretrain-data DIR")
@@ -462,7 +466,62 @@ def pretraining_lines(model: str) -> list[str]:
     return [line + "."]
 
 
-def render(args, argv: list[str], results: dict, pretrained: str, ceiling: str | None, data_notes: list[str]) -> str:
+def read_tsv(path: str) -> list[dict]:
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def frozen_probe(model_dir: str, sst2: dict, stsb_dev: str) -> dict:
+    """What the frozen model's mean-pooled last-layer vectors hold, without fine-tuning: SST-2 dev accuracy of a
+    logistic regression (scikit-learn, standardised inputs) trained on sst2["train"], and the Spearman
+    correlation of STS-B dev's gold scores with the cosine similarity of its sentence pairs (x 100 both)."""
+    from scipy.stats import spearmanr
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from bertkit.inference import embed
+    from bertkit.model import BertModel
+    from bertkit.tokenizer import Tokenizer
+
+    model, tokenizer = BertModel.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir)
+    vectors = functools.partial(embed, model, tokenizer, precision=PROBE_PRECISION)
+    train, dev = read_tsv(sst2["train"]), read_tsv(sst2["dev"])
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    probe.fit(vectors([r["sentence"] for r in train]), [int(r["label"]) for r in train])
+    accuracy = probe.score(vectors([r["sentence"] for r in dev]), [int(r["label"]) for r in dev])
+    pairs = read_tsv(stsb_dev)
+    a = vectors([r["sentence1"] for r in pairs], normalize=True)
+    b = vectors([r["sentence2"] for r in pairs], normalize=True)
+    rho = spearmanr((a * b).sum(1), [float(r["score"]) for r in pairs]).correlation
+    return {"sst2_probe": 100 * accuracy, "stsb_cosine": 100 * rho}
+
+
+PROBE_PRECISION = "fp32"  # the probe's vectors: no rounding between the two starts
+
+
+def probe_rows(args, pretrained: str, files: dict) -> list[str]:
+    """The frozen-probe table: the pre-trained model and each seed's random twin."""
+    probes = {"pre-trained": [frozen_probe(pretrained, files["sst2"], files["stsb"]["dev"])]}
+    probes["random init"] = [frozen_probe(random_twin(pretrained, args.out, seed), files["sst2"], files["stsb"]["dev"])
+                             for seed in args.seeds]
+    rows = ["| model | SST-2 probe accuracy | STS-B cosine spearmanr |", "|---|---:|---:|"]
+    for name, scores in probes.items():
+        cells = []
+        for key in ("sst2_probe", "stsb_cosine"):
+            values = [p[key] for p in scores]
+            stats = mean_std(values)
+            cells.append(f"{values[0]:.1f}" if len(values) == 1 else f"{stats[0]:.1f} ± {stats[1]:.1f}")
+        rows.append(f"| {name} | {' | '.join(cells)} |")
+    return ["Frozen features, no fine-tuning (mean-pooled last layer, fp32; random init: mean ± std over the "
+            "seeds' twins): a logistic regression on SST-2's training examples, and the cosine similarity of "
+            "STS-B's sentence pairs against the gold scores.", "", *rows]
+
+
+def render(args, argv: list[str], results: dict, pretrained: str, ceiling: str | None, data_notes: list[str],
+           probe: list[str] | None = None) -> str:
     from bertkit.device import machine_summary
 
     rows, wins, decided = table_rows(results, args.tasks, args.seeds, ceiling is not None)
@@ -479,7 +538,8 @@ def render(args, argv: list[str], results: dict, pretrained: str, ceiling: str |
                + (f" ({incomplete} without a verdict yet: fewer than 2 seeds done)" if incomplete else ""))
     command = shlex.join(["python", "benchmarks/pretraining_pays_off.py", *argv])
     return "\n".join([f"# Does pre-training pay off? `{command}`", "", machine_summary(), "",
-                      *pretraining_lines(pretrained), "", recipe, "", *rows, "", caption, "", verdict, ""])
+                      *pretraining_lines(pretrained), "", recipe, "", *rows, "", caption, "", verdict, "",
+                      *([*probe, ""] if probe else [])])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,6 +584,13 @@ def main(argv: list[str] | None = None) -> int:
             task, init, seed = running
             model = random_twin(pretrained, args.out, seed) if init == "random" else models[init]
             finetune_and_record(args, running, model, files[task], results, results_path, f"{number}/{len(todo)}")
+        running = None
+        probe = None
+        if args.frozen_probe:
+            probe_files = task_files(args.glue_dir, ["sst2", "stsb"])
+            probe_files["sst2"]["train"] = capped_train_file("sst2", probe_files["sst2"]["train"],
+                                                             args.max_train_examples, args.out)[0]
+            probe = probe_rows(args, pretrained, probe_files)
     except (Failure, BertkitError) as e:
         print(f"pretraining_pays_off.py: error: {e}", file=sys.stderr)
         return 2
@@ -532,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretraining_pays_off.py: interrupted{where}; rerun the same command to continue (finished "
               f"fine-tunes are skipped, an unfinished one resumes from its checkpoint)", file=sys.stderr)
         return 130
-    text = render(args, argv, results, pretrained, ceiling, data_notes)
+    text = render(args, argv, results, pretrained, ceiling, data_notes, probe)
     with open(os.path.join(args.out, TABLE), "w", encoding="utf-8") as f:
         f.write(text)
     print(text)

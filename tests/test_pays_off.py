@@ -110,3 +110,31 @@ def test_finetune_and_record_appends_one_line_and_says_it(payoff, tmp_path, monk
     assert results[("rte", "random", 2)]["value"] == 0.75
     assert payoff.load_results(path, {})[("rte", "random", 2)]["model"] == "/twin"
     assert "[1/4] RTE seed 2 random: accuracy 0.7500 (3 s)" in capsys.readouterr().err
+
+
+def test_frozen_probe_reads_labels_and_pairs(payoff, tiny_model, tmp_path):
+    """SST-2 labels carried by one word, STS-B pairs identical (5.0) or unrelated (0.0): the probe learns the
+    word (a shuffled label column would score ~50) and the cosine ranks identical pairs above unrelated ones."""
+    import random
+
+    rng = random.Random(0)
+    nouns = ["film", "story", "cast", "plot", "music", "ending", "script", "scene"]
+
+    def sentiment(n):
+        rows = [(f"the {rng.choice(nouns)} was {'good' if y else 'bad'} .", y) for y in (rng.randint(0, 1)
+                                                                                      for _ in range(n))]
+        return "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows)
+
+    (tmp_path / "train.tsv").write_text(sentiment(80))
+    (tmp_path / "dev.tsv").write_text(sentiment(40))
+    sentences = [f"a {w} {v} in the {p}" for w, v, p in zip(["man", "cat", "child", "woman", "dog", "bird"] * 3,
+                                                              ["sings", "runs", "sleeps", "eats", "jumps", "reads"] * 3,
+                                                              ["park", "house", "city", "rain", "snow", "dark"] * 3)]
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    lines = [f"{i}\tg\tf\ty\to\ts\ts\t{s}\t{s if i % 2 else sentences[(i + 7) % len(sentences)]}\t"
+             f"{5.0 if i % 2 else 0.0}\n" for i, s in enumerate(sentences)]
+    (tmp_path / "sts.tsv").write_text(header + "".join(lines))
+    scores = payoff.frozen_probe(str(tiny_model), {"train": str(tmp_path / "train.tsv"),
+                                                   "dev": str(tmp_path / "dev.tsv")}, str(tmp_path / "sts.tsv"))
+    assert scores["sst2_probe"] > 90
+    assert scores["stsb_cosine"] > 80  # identical pairs have cosine 1, above every unrelated pair
