@@ -114,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, corpus_files=args.corpus, steps=args.steps, precision=args.precision, seed=args.seed,
              corpus_bytes=args.corpus_bytes, model_config=args.model_config, lr=args.lr, seq_len=args.seq_len,
              batch_size=args.batch_size, vocab_size=args.vocab_size, show_progress=not args.quiet, resume=args.resume,
-             max_minutes=args.max_minutes, finetune_epochs=args.finetune_epochs)
+             max_minutes=args.max_minutes, finetune_epochs=args.finetune_epochs, hold_local=args.hold_local)
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
@@ -518,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=positive_int, default=4000)
     p.add_argument("--corpus-bytes", type=positive_int, default=3_000_000,
                    help="cap on the built-in corpus (a smaller one runs faster)")
+    p.add_argument("--hold-local", type=float, default=0.5,
+                   help="the share of the steps the local start's positions and query/key weights are held "
+                        "(default: 0.5; 0.1 gives more MLM accuracy but less NSP and no transfer to step 5: "
+                        "BENCHMARKS.md)")
     p.add_argument("--max-minutes", type=float, default=6.0,
                    help="wall-clock cap on the pre-training, so the demo ends within 10 minutes on a slow CPU "
                         "(it ends at the step where the time is spent, evaluated and saved)")
