@@ -9,6 +9,9 @@ costs one position's forward, attending to the cache. Rows of a batch have sourc
 cache holds them right-padded to S, the generated tokens follow at cache index S + t, with position id
 len(source) + t, so each row's positions are those it was trained with; a key mask hides the padding.
 `use_cache=False` recomputes the whole sequence at each step: the reference the tests hold the cache to.
+A model fine-tuned with UniLM's own masked target (`--target-masking unilm`, objective "unilm-masked") is read
+differently: each step runs the newest token and a `[MASK]` after it, the next token is read off the [MASK],
+and the [MASK]'s keys and values are cut from the cache again (KVCache.truncate).
 
 Methods for such a model: greedy; beam (`beams` hypotheses, scored by summed log-probability /
 length ** length_penalty, as transformers does, and its stopping rule); sample (temperature, then top-k, then
