@@ -236,7 +236,7 @@ def _score_choice(task, examples, features, outputs, label_list, cfg):
 
 def _run_seq2seq(model, features, tokenizer, cfg, progress):
     """Per feature (tokens right, tokens, summed negative log-likelihood) of its target, teacher-forced; with
-    --target-masking uniform, of its masked target tokens, masked with a fixed seed so epochs compare."""
+    --target-masking uniform or unilm, of its masked target tokens, masked with a fixed seed so epochs compare."""
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
