@@ -158,7 +158,7 @@ def test_demo_smoke(tmp_path):
     words = load_file(out / "finetune" / "random-init" / "model.safetensors")["bert.embeddings.word_embeddings.weight"]
     assert bool((words[:, -64:] != 0).all()) and abs(float(words.std()) - 0.02) < 0.002
     run_config = json.loads((out / "run" / "run.json").read_text())
-    assert run_config["init_scheme"] == "local"
+    assert run_config["init_scheme"] == "local" and run_config["hold_local"] == 0.5
 
     shutil.rmtree(out / "finetune" / "random" / seeds[-1])  # stopped during the random start's last seed
     kept = {key: path.stat().st_mtime_ns for key, path in done.items() if key != ("random", seeds[-1])}
@@ -170,6 +170,15 @@ def test_demo_smoke(tmp_path):
         assert result[f"finetune_{start}"]["accuracy"] == pytest.approx(sum(accuracies) / len(accuracies))
     assert result["step"] == 4 and 0 <= result["mlm_accuracy"] <= 1
     assert result["task"]["train"] == len((out / "task" / "train.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize("option, fragment", [(["--hold-local", 1.5], "--hold-local 1.5"),
+                                              (["--lr", 0], "--lr 0"), (["--max-minutes", -1], "--max-minutes -1")])
+def test_demo_bad_numbers_are_refused_before_anything_runs(tmp_path, option, fragment):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--out", out, "--quiet", *option, check=False)
+    assert_one_line_error(proc, fragment)
+    assert not out.exists()
 
 
 def test_demo_task_is_deterministic_well_formed_and_held_out(tmp_path):

@@ -138,6 +138,14 @@ def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = 2500,
              finetune_epochs: int = FINETUNE_EPOCHS, hold_local: float = HOLD_LOCAL) -> dict:
     """Run the demo into `out`; with `resume`, continue an interrupted one there (its vocabulary and data
     reused when complete, the pre-training from its newest checkpoint)."""
+    # the numbers pre-training would refuse, refused before minutes of vocabulary and data preparation
+    if not lr > 0:
+        raise BertkitError(f"--lr {lr}: must be positive", hint="e.g. --lr 3e-3 (the demo's default)")
+    if not 0.0 <= hold_local <= 1.0:
+        raise BertkitError(f"--hold-local {hold_local}: the held share of the steps must be in [0, 1]",
+                           hint="e.g. --hold-local 0.5 (the demo's default)")
+    if max_minutes is not None and not max_minutes > 0:
+        raise BertkitError(f"--max-minutes {max_minutes}: must be positive", hint="e.g. --max-minutes 6")
     settings = dict(corpus=[os.path.abspath(f) for f in corpus_files] if corpus_files else None, steps=steps,
                     vocab_size=vocab_size, model_config=model_config, seq_len=seq_len, batch_size=batch_size, lr=lr,
                     precision=precision, seed=seed, corpus_bytes=corpus_bytes, max_minutes=max_minutes,
