@@ -302,21 +302,22 @@ def collate_unilm(features: Sequence[dict], pad_token_id: int, mask_token_id: in
     labeled. attention_mask: seq2seq_mask's (B, T, T), the target seeing only the target to its left, so a
     [MASK] put after the tokens so far predicts the next one (generate.py's decoding of such a model).
     The features are encode_seq2seq's (their shifted labels are not used). rng: the run's generator."""
+    from bertkit.data.masking import replace_chosen
     from bertkit.model import seq2seq_mask
 
     batch = collate([{k: f[k] for k in ("input_ids", "token_type_ids")} for f in features], pad_token_id)
-    ids, types = batch["input_ids"], batch["token_type_ids"]
+    ids, types = batch["input_ids"].numpy(), batch["token_type_ids"]
     target = types.bool() & batch["attention_mask"].bool()  # (B, T)
-    draw = torch.from_numpy(rng.random(ids.shape))
-    chosen = target & (draw < rate)
+    chosen = target & torch.from_numpy(rng.random(ids.shape) < rate)
     first = target & (target.long().cumsum(1) == 1)  # each target's first token: chosen if none of them was
     chosen |= first & ~chosen.any(1, keepdim=True)
-    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
-    how = torch.from_numpy(rng.random(ids.shape))
-    random_ids = torch.from_numpy(rng.integers(0, vocab_size, ids.shape))
-    ids = torch.where(chosen & (how < 0.8), mask_token_id, ids)
-    ids = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_ids, ids)
-    batch["input_ids"], batch["labels"] = ids, labels
+    labels = torch.where(chosen, batch["input_ids"], IGNORE_INDEX)
+    every_id = np.arange(vocab_size)
+    for row in range(len(ids)):  # pre-training's 80/10/10 step, each chosen token on its own
+        positions = chosen[row].nonzero().squeeze(1).numpy()
+        ids[row] = replace_chosen(ids[row], positions, np.arange(len(positions)), len(positions), rng,
+                                  mask_token_id, every_id)
+    batch["input_ids"], batch["labels"] = torch.from_numpy(ids), labels
     batch["attention_mask"] = seq2seq_mask(types, batch["attention_mask"])
     return batch
 
