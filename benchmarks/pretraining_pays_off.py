@@ -466,13 +466,6 @@ def pretraining_lines(model: str) -> list[str]:
     return [line + "."]
 
 
-def read_tsv(path: str) -> list[dict]:
-    import csv
-
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-
-
 def frozen_probe(model_dir: str, sst2: dict, stsb_dev: str) -> dict:
     """What the frozen model's mean-pooled last-layer vectors hold, without fine-tuning: SST-2 dev accuracy of a
     logistic regression (scikit-learn, standardised inputs) trained on sst2["train"], and the Spearman
@@ -482,20 +475,21 @@ def frozen_probe(model_dir: str, sst2: dict, stsb_dev: str) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from bertkit.data.tasks import read_glue
     from bertkit.inference import embed
     from bertkit.model import BertModel
     from bertkit.tokenizer import Tokenizer
 
     model, tokenizer = BertModel.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir)
     vectors = functools.partial(embed, model, tokenizer, precision=PROBE_PRECISION)
-    train, dev = read_tsv(sst2["train"]), read_tsv(sst2["dev"])
+    train, dev = read_glue("sst2", sst2["train"]), read_glue("sst2", sst2["dev"])
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    probe.fit(vectors([r["sentence"] for r in train]), [int(r["label"]) for r in train])
-    accuracy = probe.score(vectors([r["sentence"] for r in dev]), [int(r["label"]) for r in dev])
-    pairs = read_tsv(stsb_dev)
-    a = vectors([r["sentence1"] for r in pairs], normalize=True)
-    b = vectors([r["sentence2"] for r in pairs], normalize=True)
-    rho = spearmanr((a * b).sum(1), [float(r["score"]) for r in pairs]).correlation
+    probe.fit(vectors([e.text_a for e in train]), [e.label for e in train])
+    accuracy = probe.score(vectors([e.text_a for e in dev]), [e.label for e in dev])
+    pairs = read_glue("stsb", stsb_dev)
+    a = vectors([e.text_a for e in pairs], normalize=True)
+    b = vectors([e.text_b for e in pairs], normalize=True)
+    rho = spearmanr((a * b).sum(1), [e.label for e in pairs]).correlation
     return {"sst2_probe": 100 * accuracy, "stsb_cosine": 100 * rho}
 
 
