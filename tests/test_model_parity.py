@@ -146,3 +146,36 @@ def test_attention_reference_path_equals_sdpa():
     torch.testing.assert_close(ref.attentions[1].sum(-1), torch.ones(3, 4, 12))
     assert len(ref.hidden_states) == 3
     torch.testing.assert_close(ref.hidden_states[-1], ref.last_hidden_state)
+
+
+def test_kernel_choice_on_cpu():
+    q = torch.zeros(2, 4, 8, 16, dtype=torch.bfloat16)
+    assert bk.explicit_is_faster(q, torch.zeros(2, 4, 256, 16, dtype=torch.bfloat16))
+    assert not bk.explicit_is_faster(q, torch.zeros(2, 4, 257, 16, dtype=torch.bfloat16))
+    assert not bk.explicit_is_faster(q.float(), torch.zeros(2, 4, 8, 16))
+
+
+@pytest.mark.parametrize("seq2seq", [False, True])
+def test_bf16_explicit_kernel_equals_fused(monkeypatch, seq2seq):
+    """Under bf16 autocast on a CPU the encoder takes the explicit softmax for short inputs: its outputs and
+    gradients match the fused kernel's (forced by lowering the key limit to 0) to bf16's precision."""
+    # weights of std 0.2, so that the outputs depend on where each position attends (at 0.02 they barely do)
+    model = bk.BertForMaskedLM(BertConfig(**{**TINY, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+                                             "initializer_range": 0.2}))
+    batch = padded_batch()
+    if seq2seq:
+        batch["attention_mask"] = bk.seq2seq_mask(batch["token_type_ids"], batch["attention_mask"])
+    keep = padded_batch()["attention_mask"].bool()
+
+    def run():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(**batch).mlm_logits
+        logits.float()[keep].logsumexp(-1).sum().backward()
+        return logits.float()[keep], model.bert.layers[0].attention.qkv.weight.grad.clone()
+
+    explicit = run()
+    monkeypatch.setattr(bk, "EXPLICIT_MAX_KEYS", 0)
+    fused = run()
+    for ours, theirs in zip(explicit, fused):  # within 5% of the largest value (bf16 keeps 8 bits)
+        assert (ours - theirs).abs().max() < 0.05 * theirs.abs().max(), (ours - theirs).abs().max()
