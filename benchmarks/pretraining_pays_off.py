@@ -408,12 +408,31 @@ def cell(values: list[float], wanted: int) -> str:
     return text if len(values) >= wanted else f"{text} ({len(values)} of {wanted} seeds)"
 
 
-def table_rows(results: dict, tasks: list[str], seeds: list[int], with_ceiling: bool) -> tuple[list[str], int, int]:
-    """The markdown rows, how many tasks pre-training wins by more than 2 std, and on how many a verdict exists."""
+def majority_score(task: str, train: str, dev: str) -> float | None:
+    """The dev score (x 100) of always answering the training set's most frequent label; None for a regression
+    task (a constant prediction has no rank correlation)."""
+    from collections import Counter
+
+    from bertkit.data.tasks import TASKS
+    from bertkit.eval.metrics import glue_metrics
+
+    labels = TASKS[task].labels
+    if labels is None:
+        return None
+    most = Counter(e.label for e in TASKS[task].read(train)).most_common(1)[0][0]
+    gold = [labels.index(e.label) for e in TASKS[task].read(dev)]
+    return 100 * glue_metrics(task, [labels.index(most)] * len(gold), gold)[TASKS[task].metric]
+
+
+def table_rows(results: dict, tasks: list[str], seeds: list[int], with_ceiling: bool,
+               majority: dict[str, float | None] | None = None) -> tuple[list[str], int, int]:
+    """The markdown rows, how many tasks pre-training wins by more than 2 std, and on how many a verdict exists.
+    majority: each task's majority-class score (majority_score), a column of its own where given."""
     from bertkit.data.tasks import TASKS
 
     rows = ["| task | metric | random init mean ± std | pre-trained mean ± std | difference | > 2 std? | "
-            "MiniLM ceiling mean ± std |", "|---|---|---:|---:|---:|:---:|---:|"]
+            "MiniLM ceiling mean ± std |" + (" majority class |" if majority else ""),
+            "|---|---|---:|---:|---:|:---:|---:|" + ("---:|" if majority else "")]
     wins = decided = 0
     for task in tasks:
         values = {init: [results[(task, init, s)]["value"] for s in seeds if (task, init, s) in results]
@@ -425,7 +444,8 @@ def table_rows(results: dict, tasks: list[str], seeds: list[int], with_ceiling: 
         decided += verdict["beats"] is not None
         ceiling = cell(values["ceiling"], len(seeds)) if with_ceiling else "not run"
         rows.append(f"| {GLUE_DIRS[task]} | {TASKS[task].metric} | {cell(values['random'], len(seeds))} | "
-                    f"{cell(values['pretrained'], len(seeds))} | {difference} | {beats} | {ceiling} |")
+                    f"{cell(values['pretrained'], len(seeds))} | {difference} | {beats} | {ceiling} |"
+                    + (f" {'—' if majority[task] is None else f'{majority[task]:.1f}'} |" if majority else ""))
     return rows, wins, decided
 
 
@@ -466,6 +486,9 @@ def pretraining_lines(model: str) -> list[str]:
     return [line + "."]
 
 
+PROBE_PRECISION = "fp32"  # the probe's vectors: no rounding between the two starts
+
+
 def frozen_probe(model_dir: str, sst2: dict, stsb_dev: str) -> dict:
     """What the frozen model's mean-pooled last-layer vectors hold, without fine-tuning: SST-2 dev accuracy of a
     logistic regression (scikit-learn, standardised inputs) trained on sst2["train"], and the Spearman
@@ -493,9 +516,6 @@ def frozen_probe(model_dir: str, sst2: dict, stsb_dev: str) -> dict:
     return {"sst2_probe": 100 * accuracy, "stsb_cosine": 100 * rho}
 
 
-PROBE_PRECISION = "fp32"  # the probe's vectors: no rounding between the two starts
-
-
 def probe_rows(args, pretrained: str, files: dict) -> list[str]:
     """The frozen-probe table: the pre-trained model and each seed's random twin."""
     probes = {"pre-trained": [frozen_probe(pretrained, files["sst2"], files["stsb"]["dev"])]}
@@ -515,10 +535,10 @@ def probe_rows(args, pretrained: str, files: dict) -> list[str]:
 
 
 def render(args, argv: list[str], results: dict, pretrained: str, ceiling: str | None, data_notes: list[str],
-           probe: list[str] | None = None) -> str:
+           probe: list[str] | None = None, majority: dict[str, float | None] | None = None) -> str:
     from bertkit.device import machine_summary
 
-    rows, wins, decided = table_rows(results, args.tasks, args.seeds, ceiling is not None)
+    rows, wins, decided = table_rows(results, args.tasks, args.seeds, ceiling is not None, majority)
     seeds = ", ".join(map(str, args.seeds))
     recipe = (f"Fine-tuning recipe, the same for all three models: epochs {args.epochs:g}, lr {args.lr:g}, batch "
               f"{args.batch_size}, max seq len {args.max_seq_len}, warmup {args.warmup:g}, the {args.keep} epoch's "
@@ -526,7 +546,9 @@ def render(args, argv: list[str], results: dict, pretrained: str, ceiling: str |
               + " ".join(data_notes))
     caption = ("Dev-set scores x 100, mean ± sample std over the seeds. difference = pre-trained mean − random-init "
                "mean. \"> 2 std?\" is yes when the difference exceeds 2 × the larger of the two stds (n/a with fewer "
-               "than 2 seeds on a side). Ceiling: " + (f"`{ceiling}` with the same recipe." if ceiling else "not run."))
+               "than 2 seeds on a side). Ceiling: " + (f"`{ceiling}` with the same recipe." if ceiling else "not run.")
+               + (" Majority class: always the training set's most frequent label (— for regression)." if majority
+                  else ""))
     incomplete = len(args.tasks) - decided
     verdict = (f"pre-trained beats random init by more than 2 std on {wins} of {len(args.tasks)} tasks"
                + (f" ({incomplete} without a verdict yet: fewer than 2 seeds done)" if incomplete else ""))
@@ -585,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             probe_files["sst2"]["train"] = capped_train_file("sst2", probe_files["sst2"]["train"],
                                                              args.max_train_examples, args.out)[0]
             probe = probe_rows(args, pretrained, probe_files)
+        majority = {task: majority_score(task, files[task]["train"], files[task]["dev"]) for task in args.tasks}
     except (Failure, BertkitError) as e:
         print(f"pretraining_pays_off.py: error: {e}", file=sys.stderr)
         return 2
@@ -593,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretraining_pays_off.py: interrupted{where}; rerun the same command to continue (finished "
               f"fine-tunes are skipped, an unfinished one resumes from its checkpoint)", file=sys.stderr)
         return 130
-    text = render(args, argv, results, pretrained, ceiling, data_notes, probe)
+    text = render(args, argv, results, pretrained, ceiling, data_notes, probe, majority)
     with open(os.path.join(args.out, TABLE), "w", encoding="utf-8") as f:
         f.write(text)
     print(text)

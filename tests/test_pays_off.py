@@ -138,3 +138,23 @@ def test_frozen_probe_reads_labels_and_pairs(payoff, tiny_model, tmp_path):
                                                    "dev": str(tmp_path / "dev.tsv")}, str(tmp_path / "sts.tsv"))
     assert scores["sst2_probe"] > 90
     assert scores["stsb_cosine"] > 80  # identical pairs have cosine 1, above every unrelated pair
+
+
+def test_majority_class_column(payoff, tmp_path):
+    train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
+    train.write_text("sentence\tlabel\n" + "a b\t1\n" * 3 + "c d\t0\n")
+    dev.write_text("sentence\tlabel\n" + "e f\t1\n" + "g h\t0\n" * 3)
+    assert payoff.majority_score("sst2", str(train), str(dev)) == pytest.approx(25.0)  # always 1: 1 of 4 right
+    cola_train, cola_dev = tmp_path / "cola_train.tsv", tmp_path / "cola_dev.tsv"  # CoLA: no header, 4 fields
+    cola_train.write_text("src\t1\t\tA b.\n" * 3 + "src\t0\t*\tB a.\n")
+    cola_dev.write_text("src\t1\t\tC d.\n" + "src\t0\t*\tD c.\n")
+    assert payoff.majority_score("cola", str(cola_train), str(cola_dev)) == pytest.approx(0.0)  # a constant: MCC 0
+    pairs = "sentence1\tsentence2\tscore\n" + "a\tb\t1.0\n" + "c\td\t4.5\n"
+    (tmp_path / "stsb.tsv").write_text(pairs)
+    assert payoff.majority_score("stsb", str(tmp_path / "stsb.tsv"), str(tmp_path / "stsb.tsv")) is None
+    results = {("rte", init, s): record("rte", init, s, v) for init, v in (("random", 0.5), ("pretrained", 0.6))
+               for s in (1, 2)}
+    rows, _, _ = payoff.table_rows(results, ["rte", "stsb"], [1, 2], with_ceiling=False,
+                                   majority={"rte": 52.7, "stsb": None})
+    assert rows[0].endswith("| majority class |") and rows[1].endswith("---:|---:|")
+    assert rows[2].endswith("| not run | 52.7 |") and rows[3].endswith("| not run | — |")
