@@ -463,7 +463,7 @@ def generate_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: i
     source_ids = torch.tensor([s + [pad_id] * (S - len(s)) for s in sources], device=device)
     lengths = torch.tensor([len(s) for s in sources], device=device)
     next_mask = mask_id if objective == "unilm-masked" else None
-    if next_mask is None and objective == "unilm-masked":
+    if objective == "unilm-masked" and mask_id is None:
         raise BertkitError("a model trained with --target-masking unilm reads each next token off a [MASK]",
                            hint="use a tokenizer with a [MASK] token")
     if cfg.method == "beam":
