@@ -159,6 +159,7 @@ def test_demo_smoke(tmp_path):
     assert bool((words[:, -64:] != 0).all()) and abs(float(words.std()) - 0.02) < 0.002
     run_config = json.loads((out / "run" / "run.json").read_text())
     assert run_config["init_scheme"] == "local" and run_config["hold_local"] == 0.5
+    assert run_config["mask_rate"] == 0.25  # the demo's own rate for its small, repeated corpus (demo.MASK_RATE)
 
     shutil.rmtree(out / "finetune" / "random" / seeds[-1])  # stopped during the random start's last seed
     kept = {key: path.stat().st_mtime_ns for key, path in done.items() if key != ("random", seeds[-1])}
@@ -173,7 +174,8 @@ def test_demo_smoke(tmp_path):
 
 
 @pytest.mark.parametrize("option, fragment", [(["--hold-local", 1.5], "--hold-local 1.5"),
-                                              (["--lr", 0], "--lr 0"), (["--max-minutes", -1], "--max-minutes -1")])
+                                              (["--lr", 0], "--lr 0"), (["--max-minutes", -1], "--max-minutes -1"),
+                                              (["--mask-rate", 1.0], "--mask-rate 1.0")])
 def test_demo_bad_numbers_are_refused_before_anything_runs(tmp_path, option, fragment):
     out = tmp_path / "demo"
     proc = run_cli("demo", "--out", out, "--quiet", *option, check=False)

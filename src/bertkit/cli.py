@@ -111,10 +111,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from bertkit.demo import run_demo
 
-    run_demo(args.out, corpus_files=args.corpus, steps=args.steps, precision=args.precision, seed=args.seed,
+    defaults_in_demo = {name: getattr(args, name) for name in ("steps", "mask_rate", "max_minutes")
+                        if getattr(args, name) is not None}  # unset: demo.py's STEPS, MASK_RATE, MAX_MINUTES
+    run_demo(args.out, corpus_files=args.corpus, precision=args.precision, seed=args.seed,
              corpus_bytes=args.corpus_bytes, model_config=args.model_config, lr=args.lr, seq_len=args.seq_len,
              batch_size=args.batch_size, vocab_size=args.vocab_size, show_progress=not args.quiet, resume=args.resume,
-             max_minutes=args.max_minutes, finetune_epochs=args.finetune_epochs, hold_local=args.hold_local)
+             finetune_epochs=args.finetune_epochs, hold_local=args.hold_local, **defaults_in_demo)
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
@@ -508,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "the held-out evaluation printed"))
     p.add_argument("--out", default="demo-out", help="directory to create (default: demo-out)")
     p.add_argument("--corpus", nargs="+", help="your own text files (default: the Python docs shipped with Python)")
-    p.add_argument("--steps", type=positive_int, default=2500)
+    p.add_argument("--steps", type=positive_int, default=None, help="default: 3200 (demo.STEPS)")
     add_compute_options(p)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--model-config", default="tiny", help="preset or config.json")
@@ -522,8 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the share of the steps the local start's positions and query/key weights are held "
                         "(default: 0.5; 0.1 gives more MLM accuracy but less NSP and no transfer to step 5: "
                         "BENCHMARKS.md)")
-    p.add_argument("--max-minutes", type=float, default=6.0,
-                   help="wall-clock cap on the pre-training, so the demo ends within 10 minutes on a slow CPU "
+    p.add_argument("--mask-rate", type=float, default=None,
+                   help="the share of positions chosen for the MLM (default: 0.25; more than the paper's 0.15 "
+                        "because the demo's small corpus is repeated ~30 times: BENCHMARKS.md)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock cap on the pre-training (default: 7), so the demo ends within 10 minutes on a slow CPU "
                         "(it ends at the step where the time is spent, evaluated and saved)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted demo in --out (same options): its vocabulary and data are reused, "
