@@ -108,3 +108,22 @@ def test_unpadding_is_used_only_for_losses():
         model.unpad = False
         assert torch.equal(model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).mlm_logits, logits)
     assert logits[~b["attention_mask"].bool()].abs().sum() > 0
+
+
+def test_sparse_rounding_keeps_the_label_smoothed_loss():
+    """The sparse path decodes a multiple of SPARSE_ROUND rows (the extra ones ignored); with label smoothing, as
+    seq2seq fine-tuning trains, its loss and gradients still equal the dense reference's."""
+    from bertkit.model import SPARSE_ROUND, BertForMaskedLM
+
+    b = {k: v for k, v in batch().items() if k != "next_sentence_label"}
+    assert int((b["labels"] != IGNORE_INDEX).sum()) % SPARSE_ROUND  # the rounding adds rows here
+    results = []
+    for sparse in (True, False):
+        torch.manual_seed(0)
+        model = BertForMaskedLM(CFG, sparse_mlm=sparse)
+        model.label_smoothing = 0.1
+        out = model(**b)
+        out.loss.backward()
+        results.append((out.loss, model.bert.embeddings.word.weight.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)

@@ -312,6 +312,9 @@ class MaskedLMHead(nn.Module):
         return F.linear(h, self.word_embeddings[0].weight, self.bias)
 
 
+SPARSE_ROUND = 64  # chosen positions decoded per batch: a multiple of this (see masked_lm_loss)
+
+
 def masked_lm_loss(head: MaskedLMHead, hidden: torch.Tensor, labels: torch.Tensor, sparse: bool = True,
                    label_smoothing: float = 0.0):
     """Cross-entropy over the chosen positions only (labels != IGNORE_INDEX).
@@ -323,12 +326,18 @@ def masked_lm_loss(head: MaskedLMHead, hidden: torch.Tensor, labels: torch.Tenso
     """
     chosen = labels != IGNORE_INDEX  # (B, T)
     targets = labels[chosen]  # (N,)
-    if sparse:
-        logits = head(hidden[chosen])  # (N, V)
-    else:
+    if not sparse:
         logits = head(hidden)[chosen]  # (B, T, V) -> (N, V)
-    loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
-    return loss, logits, targets
+        return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing), logits, targets
+    # N rounded up to a multiple of SPARSE_ROUND with ignored rows, for the allocator's sake as in Unpadded
+    n = targets.numel()
+    rows = -(-n // SPARSE_ROUND) * SPARSE_ROUND
+    index = chosen.flatten().nonzero().squeeze(1)
+    index = torch.cat([index, index[:1].expand(rows - n)])  # (rows,)
+    logits = head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, index))  # (rows, V)
+    padded = torch.cat([targets, targets.new_full((rows - n,), IGNORE_INDEX)])
+    loss = F.cross_entropy(logits.float(), padded, label_smoothing=label_smoothing)
+    return loss, logits[:n], targets
 
 
 def _unpad(enabled: bool, labels) -> bool:
