@@ -62,7 +62,8 @@ FINETUNE_SEEDS = 3  # the mean over seeds: with 8 examples a class, one seed's n
 HOLD_LOCAL = 0.5
 # The share of positions chosen for the MLM. The demo's corpus is small (1.5 MB: 3,200 steps go over it ~30
 # times), and choosing more positions per pass trains more of them on each repeat: held-out MLM (always scored
-# at the paper's 15%) 35.0% at 0.25 against 33.7% at 0.15, same steps (BENCHMARKS.md, "The demo's hold").
+# at the paper's 15%) 35.0% at 0.25 against 33.7% at 0.15, same steps (BENCHMARKS.md, "The demo's steps and
+# masking rate").
 MASK_RATE = 0.25
 STEPS, MAX_MINUTES = 3200, 7.0  # ~5 minutes of pre-training where bf16 is native; the cap keeps slow CPUs to 10
 

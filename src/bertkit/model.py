@@ -63,6 +63,13 @@ class Embeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
+def rounded_up(index: torch.Tensor, multiple: int) -> torch.Tensor:
+    """index (N,) extended to a multiple of `multiple` entries with copies of its first: tensors built from it
+    then come in a few sizes, which the memory allocator reuses (a new size every batch fragments glibc's heap)."""
+    rows = -(-index.numel() // multiple) * multiple
+    return torch.cat([index, index[:1].expand(rows - index.numel())])
+
+
 class Unpadded:
     """Where the real tokens of a padded (B, T) batch are. With it, a layer's linear maps, LayerNorms and
     dropout run on the N real tokens only, (N, H), and attention alone puts them back in (B, T) layout
@@ -79,8 +86,7 @@ class Unpadded:
         self.B, self.T = attention_mask.shape
         real = attention_mask.flatten().nonzero().squeeze(1)  # (N,) positions in the flattened batch
         self.n = real.numel()
-        rows = -(-self.n // self.ROUND) * self.ROUND
-        self.index = torch.cat([real, real[:1].expand(rows - self.n)])  # (rows,)
+        self.index = rounded_up(real, self.ROUND)  # (rows,)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:  # (rows, C) -> (B, T, C), zeros at padding
         out = x.new_zeros(self.B * self.T, x.shape[-1]).index_copy(0, self.index[:self.n], x[:self.n])
@@ -329,13 +335,11 @@ def masked_lm_loss(head: MaskedLMHead, hidden: torch.Tensor, labels: torch.Tenso
     if not sparse:
         logits = head(hidden)[chosen]  # (B, T, V) -> (N, V)
         return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing), logits, targets
-    # N rounded up to a multiple of SPARSE_ROUND with ignored rows, for the allocator's sake as in Unpadded
+    # N rounded up to a multiple of SPARSE_ROUND (rounded_up), the extra rows ignored by the loss
     n = targets.numel()
-    rows = -(-n // SPARSE_ROUND) * SPARSE_ROUND
-    index = chosen.flatten().nonzero().squeeze(1)
-    index = torch.cat([index, index[:1].expand(rows - n)])  # (rows,)
+    index = rounded_up(chosen.flatten().nonzero().squeeze(1), SPARSE_ROUND)  # (rows,)
     logits = head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, index))  # (rows, V)
-    padded = torch.cat([targets, targets.new_full((rows - n,), IGNORE_INDEX)])
+    padded = torch.cat([targets, targets.new_full((len(index) - n,), IGNORE_INDEX)])
     loss = F.cross_entropy(logits.float(), padded, label_smoothing=label_smoothing)
     return loss, logits[:n], targets
 
