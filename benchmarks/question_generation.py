@@ -15,9 +15,12 @@ answer, split by blingfire), target = the question. Train on
    --target-masking uniform, a conditional masked LM: mask-predict into OUT/mask-predict.jsonl; with
    --target-masking unilm, UniLM's masked target, the same three left-to-right runs);
 4. the template baseline: a wh-word chosen from the answer's form + the sentence with the answer taken out;
-5. OUT/table.md: corpus BLEU-4 (sacrebleu, lowercased: the model is uncased) and mean ROUGE-L F1 (rouge-score,
-   stemmed) per method, and five examples from beam search (the three best and two worst by ROUGE-L).
-METEOR is left out: nltk's METEOR needs the WordNet data, a download this benchmark must not make.
+5. OUT/table.md: corpus BLEU-4 (sacrebleu, lowercased: the model is uncased), mean ROUGE-L F1 (rouge-score,
+   stemmed) and mean METEOR (nltk's, with WordNet synonyms) per method, and five examples from beam search
+   (the three best and two worst by ROUGE-L).
+METEOR needs WordNet 3.0, which this benchmark never downloads: --wordnet DIR, else nltk's own data when
+installed (nltk.download("wordnet")), else the system's (Debian/Ubuntu: apt install wordnet-base, which puts it
+in /usr/share/wordnet). Without any, the METEOR column says "not run" and why.
 """
 
 from __future__ import annotations
@@ -119,17 +122,83 @@ def template_question(answer: str, sentence: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # Scores
 
+SYSTEM_WORDNET = "/usr/share/wordnet"  # Debian's and Ubuntu's wordnet-base
+# WordNet 3.0's lexicographer files (its lexnames(5WN) manual page), which nltk's reader opens at start; the
+# Debian package ships them only as that manual page. Number, name, syntactic category (1 noun ... 4 adverb).
+LEXNAMES = ("adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+            "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
+            "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
+            "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
+            "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
+            "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather "
+            "adj.ppl").split()
+CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
-def scores(hypotheses: list[str], references: list[str]) -> dict:
-    """Corpus BLEU-4 (sacrebleu, lowercased) and mean ROUGE-L F1 (rouge-score, stemmed), both x 100, and each
-    hypothesis's own ROUGE-L F1."""
+
+def wordnet(directory: str | None):
+    """(nltk WordNet reader, "WordNet from WHERE") for --wordnet DIR, else nltk's own data, else the system's;
+    (None, "not run: why") when there is none. Never downloads."""
+    import warnings
+
+    import nltk
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    if directory is None:
+        try:
+            nltk.corpus.wordnet.ensure_loaded()
+            return nltk.corpus.wordnet, "WordNet from nltk's data"
+        except LookupError:
+            directory = SYSTEM_WORDNET if os.path.isdir(SYSTEM_WORDNET) else None
+    if directory is None:
+        return None, ("not run: no WordNet found (pass --wordnet DIR, or install it: nltk.download('wordnet'), "
+                      "or apt install wordnet-base)")
+    if not os.path.isfile(os.path.join(directory, "data.noun")):
+        raise Failure(f"--wordnet {directory}: no WordNet 3.0 database there (data.noun missing)")
+    root = directory
+    if not os.path.isfile(os.path.join(directory, "lexnames")):  # the Debian package: add the one missing file
+        import atexit
+        import shutil
+        import tempfile
+
+        root = tempfile.mkdtemp(prefix="wordnet-")  # a copy (~30 MB; nltk refuses links out of its root),
+        atexit.register(shutil.rmtree, root, ignore_errors=True)  # read lazily: kept until the exit
+        for name in os.listdir(directory):
+            if os.path.isfile(os.path.join(directory, name)):
+                shutil.copy(os.path.join(directory, name), root)
+        with open(os.path.join(root, "lexnames"), "w", encoding="utf-8") as f:
+            f.writelines(f"{i:02d}\t{name}\t{CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES))
+    if os.path.realpath(root) not in nltk.data.path:  # nltk opens files only under its data paths
+        nltk.data.path.append(os.path.realpath(root))
+
+    class EnglishWordNet(WordNetCorpusReader):
+        def map_wn(self, version="wordnet"):  # a map to nltk's own copy, for the multilingual data only
+            return None
+
+    with warnings.catch_warnings():  # "the multilingual functions are not available": METEOR needs English only
+        warnings.simplefilter("ignore")
+        return EnglishWordNet(root, None), f"WordNet from {directory}"
+
+
+def meteor(hypotheses: list[str], references: list[str], reader) -> float:
+    """Mean sentence METEOR x 100 (nltk's: exact, stem and WordNet-synonym matches; lowercased words)."""
+    from nltk.translate.meteor_score import meteor_score
+
+    words = lambda text: re.findall(r"\w+|[^\w\s]", text.lower())  # noqa: E731
+    each = [meteor_score([words(r)], words(h), wordnet=reader) for h, r in zip(hypotheses, references)]
+    return 100 * sum(each) / max(1, len(each))
+
+
+def scores(hypotheses: list[str], references: list[str], reader=None) -> dict:
+    """Corpus BLEU-4 (sacrebleu, lowercased), mean ROUGE-L F1 (rouge-score, stemmed) and, given a WordNet
+    reader, mean METEOR (else None), all x 100, and each hypothesis's own ROUGE-L F1."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
     bleu = sacrebleu.corpus_bleu(hypotheses, [references], lowercase=True).score
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     each = [scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references)]
-    return {"bleu4": bleu, "rougeL": 100 * sum(each) / max(1, len(each)), "each_rougeL": each}
+    return {"bleu4": bleu, "rougeL": 100 * sum(each) / max(1, len(each)), "each_rougeL": each,
+            "meteor": None if reader is None else meteor(hypotheses, references, reader)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,6 +247,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(UniLM's 70%% masked target, left to right; greedy and beam search) or uniform "
                         "(a conditional masked LM; mask-predict)")
     p.add_argument("--finetune-args", default="", help="more `bertkit finetune` options")
+    p.add_argument("--wordnet", default=None, help="a WordNet 3.0 database folder for METEOR (default: nltk's "
+                   f"wordnet data if installed, else {SYSTEM_WORDNET}; never downloaded)")
     return p.parse_args(argv)
 
 
@@ -239,17 +310,19 @@ def benchmark(args, argv: list[str]) -> str:
             raise Failure(f"{path} has {len(generated[method])} lines for {len(dev)} sources (delete it to rerun)")
     with open(timings, "w", encoding="utf-8") as f:
         json.dump(seconds, f)
-    results = {method: scores(hypotheses, references) for method, hypotheses in generated.items()}
+    reader, wordnet_source = wordnet(args.wordnet)
+    results = {method: scores(hypotheses, references, reader) for method, hypotheses in generated.items()}
     with open(out("results.json"), "w", encoding="utf-8") as f:
         json.dump({m: {k: v for k, v in r.items() if k != "each_rougeL"} for m, r in results.items()}, f, indent=2)
-    return render(args, argv, model, dev, generated, results, seconds)
+    return render(args, argv, model, dev, generated, results, seconds, wordnet_source)
 
 
-def render(args, argv, model, dev, generated, results, seconds) -> str:
+def render(args, argv, model, dev, generated, results, seconds, wordnet_source="not given") -> str:
     from bertkit.device import machine_summary
 
-    rows = ["| method | BLEU-4 | ROUGE-L |", "|---|---:|---:|"]
-    rows += [f"| {NAMES[m]} | {r['bleu4']:.2f} | {r['rougeL']:.2f} |" for m, r in results.items()]
+    rows = ["| method | BLEU-4 | ROUGE-L | METEOR |", "|---|---:|---:|---:|"]
+    rows += [f"| {NAMES[m]} | {r['bleu4']:.2f} | {r['rougeL']:.2f} | "
+             + ("not run" if r.get("meteor") is None else f"{r['meteor']:.2f}") + " |" for m, r in results.items()]
     shown = list(METHODS[args.target_masking])[-1]  # beam search without repeats, or mask-predict
     each = results[shown]["each_rougeL"]
     order = sorted(range(len(dev)), key=lambda i: -each[i])
@@ -266,7 +339,9 @@ def render(args, argv, model, dev, generated, results, seconds) -> str:
         f"Model: {model}, `bertkit finetune --task seq2seq` for {args.epochs:g} epochs (lr {args.lr:g}, batch "
         f"{args.batch_size}, label smoothing {args.label_smoothing:g}) on {TRAIN_FILE}; scored on {len(dev)} questions "
         f"of {DEV_FILE} (a fixed random subset, seed {SUBSET_SEED}). Source: 'ANSWER : SENTENCE'. Wall clock: {timing}.",
-        "", *rows, "", f"Examples ({shown}; the three best and the two worst by ROUGE-L):", "", *examples, ""])
+        "", *rows, "", f"METEOR: nltk's (exact, stem and WordNet-synonym matches, as METEOR 1.0; not the METEOR "
+        f"1.5 jar the papers report), {wordnet_source}.", "",
+        f"Examples ({shown}; the three best and the two worst by ROUGE-L):", "", *examples, ""])
 
 
 if __name__ == "__main__":

@@ -66,6 +66,27 @@ def test_scores_know_right_from_wrong(qg):
     assert qg.scores(["WHEN WAS THE TOWER BUILT ?", refs[1]], refs)["bleu4"] == pytest.approx(100)  # lowercased
 
 
+@pytest.fixture(scope="module")
+def wordnet(qg):
+    reader, source = qg.wordnet(None)
+    if reader is None:
+        pytest.skip(f"METEOR needs WordNet 3.0, absent here ({source})")
+    return reader
+
+
+def test_meteor_matches_wordnet_synonyms(qg, wordnet):
+    refs = ["where is the auto ?"]
+    assert qg.meteor(refs, refs, wordnet) == pytest.approx(100, abs=1)
+    # "car" and "auto" share a WordNet synset; "cat" and "auto" do not
+    assert qg.meteor(["where is the car ?"], refs, wordnet) > qg.meteor(["where is the cat ?"], refs, wordnet) + 10
+    assert qg.scores(refs, refs, wordnet)["meteor"] == pytest.approx(100, abs=1)
+
+
+def test_a_folder_without_wordnet_is_a_failure(qg, tmp_path):
+    with pytest.raises(qg.Failure, match="no WordNet 3.0 database there"):
+        qg.wordnet(str(tmp_path))
+
+
 def test_missing_squad_folder_exits_2(qg, tmp_path, capsys):
     assert qg.main(["--out", str(tmp_path / "out"), "--squad-dir", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
@@ -82,9 +103,12 @@ def test_table_rows_and_examples(qg, masking, methods):
     generated.update({m: [d["target"] if i % 2 else "nothing like it" for i, d in enumerate(dev)] for m in methods})
     refs = [d["target"] for d in dev]
     results = {m: qg.scores(h, refs) for m, h in generated.items()}
-    text = qg.render(args, ["--out", "o"], "MODEL", dev, generated, results, {})
+    results["template"]["meteor"] = 12.345
+    text = qg.render(args, ["--out", "o"], "MODEL", dev, generated, results, {}, "not run: no WordNet found")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "BLEU" not in line]
     assert [r.split(" | ")[0].lstrip("| ") for r in rows] == [qg.NAMES[m] for m in ["template", *methods]]
+    assert rows[0].endswith("| 12.35 |") and all(r.endswith("| not run |") for r in rows[1:])
+    assert "not run: no WordNet found" in text
     examples = [line for line in text.splitlines() if line.startswith("- (")]
     assert len(examples) == 5 and all("(good, ROUGE-L 100)" in e for e in examples[:3])
     assert all("(bad, ROUGE-L 0)" in e for e in examples[3:])
