@@ -66,11 +66,7 @@ def encoder_ms(name, batch, length, max_keys, repeats):
     torch.manual_seed(0)
     config = preset(name)
     model = bk.BertForMaskedLM(config)
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-        elif isinstance(m, bk.SelfAttention):
-            m.dropout_p = 0.0
+    bk.set_dropout(model, 0.0)
     ids = torch.randint(1000, config.vocab_size, (batch, length))
     labels = torch.where(torch.rand(ids.shape) < 0.15, ids, -100)
     saved, bk.EXPLICIT_MAX_KEYS = bk.EXPLICIT_MAX_KEYS, max_keys

@@ -298,6 +298,15 @@ def init_weights(module: nn.Module, std: float) -> None:
         nn.init.zeros_(module.bias)
 
 
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Every dropout of `model` (hidden and attention probabilities) to `p`; model.config keeps its own values."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+        elif isinstance(m, SelfAttention):
+            m.dropout_p = p
+
+
 # ----------------------------------------------------------------------------------------------
 # Pre-training heads
 

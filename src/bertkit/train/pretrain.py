@@ -35,7 +35,7 @@ from bertkit.device import PRECISIONS, Precision, oversubscription_note, resolve
 from bertkit.electra import GENERATOR_DIR
 from bertkit.errors import BertkitError, Interrupted
 from bertkit.files import atomic_write_json, check_output_dir
-from bertkit.model import SelfAttention
+from bertkit.model import set_dropout
 from bertkit.objectives import Objective, get_objective
 from bertkit.train import distributed
 from bertkit.train.metrics_log import MetricsLog, require_tensorboard, truncate_metrics
@@ -173,11 +173,7 @@ def build(cfg: PretrainConfig, world_size: int = 1):
         if cfg.init_scheme == "local":
             local_attention_init(model.bert, cfg.seed)  # says which shapes it cannot start
     if cfg.dropout is not None:  # every module (both of ELECTRA's encoders): model.config, which is saved, keeps its own
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = cfg.dropout
-            elif isinstance(m, SelfAttention):
-                m.dropout_p = cfg.dropout
+        set_dropout(model, cfg.dropout)
     if cfg.seq_len > model.config.max_position_embeddings:
         raise BertkitError(f"--seq-len {cfg.seq_len} is longer than the model's {model.config.max_position_embeddings} "
                            "positions", hint="lower --seq-len, or use a config with more max_position_embeddings")
