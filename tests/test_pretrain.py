@@ -140,7 +140,7 @@ def test_bad_inputs_exit_2_and_leave_out_untouched(prepared, tmp_path):
 def test_demo_smoke(tmp_path):
     """The whole demo, a few steps of each part; then a demo stopped in step 5 (fine-tuning) resumes there: the
     finished fine-tuning runs are reused, the rest run, and the returned dict holds both dev accuracies."""
-    from bertkit.demo import FINETUNE_SEEDS, run_demo
+    from bertkit.demo import FINETUNE_SEEDS, WEIGHT_DECAY, run_demo
 
     out = tmp_path / "demo"
     proc = run_cli("demo", "--out", out, "--steps", 4, "--quiet", "--corpus-bytes", 200_000, "--finetune-epochs", 1)
@@ -160,6 +160,7 @@ def test_demo_smoke(tmp_path):
     run_config = json.loads((out / "run" / "run.json").read_text())
     assert run_config["init_scheme"] == "local" and run_config["hold_local"] == 0.5
     assert run_config["mask_rate"] == 0.25  # the demo's own rate for its small, repeated corpus (demo.MASK_RATE)
+    assert run_config["weight_decay"] == WEIGHT_DECAY  # --weight-decay unset: demo.py's, not the CLI's
 
     shutil.rmtree(out / "finetune" / "random" / seeds[-1])  # stopped during the random start's last seed
     kept = {key: path.stat().st_mtime_ns for key, path in done.items() if key != ("random", seeds[-1])}
@@ -175,7 +176,8 @@ def test_demo_smoke(tmp_path):
 
 @pytest.mark.parametrize("option, fragment", [(["--hold-local", 1.5], "--hold-local 1.5"),
                                               (["--lr", 0], "--lr 0"), (["--max-minutes", -1], "--max-minutes -1"),
-                                              (["--mask-rate", 1.0], "--mask-rate 1.0")])
+                                              (["--mask-rate", 1.0], "--mask-rate 1.0"),
+                                              (["--weight-decay", -0.1], "--weight-decay -0.1")])
 def test_demo_bad_numbers_are_refused_before_anything_runs(tmp_path, option, fragment):
     out = tmp_path / "demo"
     proc = run_cli("demo", "--out", out, "--quiet", *option, check=False)

@@ -111,8 +111,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from bertkit.demo import run_demo
 
-    defaults_in_demo = {name: getattr(args, name) for name in ("steps", "mask_rate", "max_minutes")
-                        if getattr(args, name) is not None}  # unset: demo.py's STEPS, MASK_RATE, MAX_MINUTES
+    defaults_in_demo = {name: getattr(args, name) for name in ("steps", "mask_rate", "max_minutes", "weight_decay")
+                        if getattr(args, name) is not None}  # unset: demo.py's STEPS, MASK_RATE, MAX_MINUTES, ...
     run_demo(args.out, corpus_files=args.corpus, precision=args.precision, seed=args.seed,
              corpus_bytes=args.corpus_bytes, model_config=args.model_config, lr=args.lr, seq_len=args.seq_len,
              batch_size=args.batch_size, vocab_size=args.vocab_size, show_progress=not args.quiet, resume=args.resume,
@@ -527,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-rate", type=float, default=None,
                    help="the share of positions chosen for the MLM (default: 0.25; more than the paper's 0.15 "
                         "because the demo's small corpus is repeated ~30 times: BENCHMARKS.md)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="AdamW's weight decay while pre-training (default: 0.01, the paper's; 0.1 gives more MLM "
+                        "accuracy but less NSP and less transfer to step 5: BENCHMARKS.md)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="wall-clock cap on the pre-training (default: 7), so the demo ends within 10 minutes on a slow CPU "
                         "(it ends at the step where the time is spent, evaluated and saved)")
