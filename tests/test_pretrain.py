@@ -163,6 +163,9 @@ def test_demo_smoke(tmp_path):
     assert run_config["weight_decay"] == WEIGHT_DECAY  # --weight-decay unset: demo.py's, not the CLI's
 
     shutil.rmtree(out / "finetune" / "random" / seeds[-1])  # stopped during the random start's last seed
+    settings = json.loads((out / "demo.json").read_text())
+    del settings["weight_decay"]  # a demo made before --weight-decay (it trained with 0.01) still resumes
+    (out / "demo.json").write_text(json.dumps(settings))
     kept = {key: path.stat().st_mtime_ns for key, path in done.items() if key != ("random", seeds[-1])}
     result = run_demo(str(out), steps=4, corpus_bytes=200_000, finetune_epochs=1, show_progress=False, resume=True)
     assert {key: done[key].stat().st_mtime_ns for key in kept} == kept  # reused, not trained again

@@ -163,7 +163,7 @@ def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = STEPS
         raise BertkitError(f"--max-minutes {max_minutes}: must be positive", hint="e.g. --max-minutes 6")
     if not 0.0 <= weight_decay < 1.0:
         raise BertkitError(f"--weight-decay {weight_decay}: must be in [0, 1)",
-                           hint=f"e.g. --weight-decay {WEIGHT_DECAY} (the demo's default) or 0.01 (the BERT paper)")
+                           hint=f"e.g. --weight-decay {WEIGHT_DECAY} (the demo's default, the BERT paper's) or 0.1")
     settings = dict(corpus=[os.path.abspath(f) for f in corpus_files] if corpus_files else None, steps=steps,
                     vocab_size=vocab_size, model_config=model_config, seq_len=seq_len, batch_size=batch_size, lr=lr,
                     precision=precision, seed=seed, corpus_bytes=corpus_bytes, max_minutes=max_minutes,
@@ -188,6 +188,7 @@ def _check_same_settings(out: str, settings: dict) -> None:
         saved = json.loads(read_text(path))
     except ValueError:
         raise BertkitError(f"{path}: not valid JSON", hint="the demo's settings file is damaged; start a new --out")
+    saved.setdefault("weight_decay", 0.01)  # demos made before --weight-decay trained with 0.01
     changed = [f"{k} {saved.get(k)!r} (now {v!r})" for k, v in settings.items() if saved.get(k) != v]
     if changed:
         raise BertkitError(f"--resume: {out} was started with other settings: {', '.join(changed)}",
