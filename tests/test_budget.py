@@ -165,6 +165,7 @@ def test_dropout_off_while_pre_training_and_kept_in_the_saved_config(prepared, t
     (["--mask-rate", 0], ["--mask-rate 0.0", "between 0 and 1"]),
     (["--mask-rate", 1], ["--mask-rate 1.0", "between 0 and 1"]),
     (["--mask-rate", -0.2], ["--mask-rate -0.2", "between 0 and 1"]),
+    (["--weight-decay", -0.1], ["--weight-decay -0.1", "[0, 1)"]),
 ])
 def test_bad_budget_and_mask_rate(prepared, tmp_path, extra, fragments):
     proc = run_cli(*budget_args(prepared, tmp_path / "run", *extra), check=False)

@@ -147,6 +147,8 @@ def build(cfg: PretrainConfig, world_size: int = 1):
         raise BertkitError(f"--init-scheme local sets the starting weights of a new BERT; it cannot apply to "
                            f"{'--init ' + cfg.init if cfg.init else '--objective electra'}",
                            hint="drop --init-scheme local (or pass --init-scheme normal)")
+    if not 0.0 <= cfg.weight_decay < 1.0:
+        raise BertkitError(f"--weight-decay {cfg.weight_decay}: must be in [0, 1)", hint="e.g. --weight-decay 0.01")
     if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
         raise BertkitError(f"--dropout {cfg.dropout}: must be in [0, 1)", hint="e.g. --dropout 0.1, or 0 for none")
     check_output_dir(cfg.out, hint="pass --resume to continue that run, or choose a new --out", reuse=cfg.resume)
