@@ -148,7 +148,8 @@ def wordnet(directory: str | None):
             nltk.corpus.wordnet.ensure_loaded()
             return nltk.corpus.wordnet, "WordNet from nltk's data"
         except LookupError:
-            directory = SYSTEM_WORDNET if os.path.isdir(SYSTEM_WORDNET) else None
+            have = os.path.isfile(os.path.join(SYSTEM_WORDNET, "data.noun"))  # not an empty or other folder
+            directory = SYSTEM_WORDNET if have else None
     if directory is None:
         return None, ("not run: no WordNet found (pass --wordnet DIR, or install it: nltk.download('wordnet'), "
                       "or apt install wordnet-base)")
