@@ -10,6 +10,8 @@ import json
 import os
 import pickle
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +285,36 @@ def test_prepare_identical_for_any_workers_and_counts_match(tmp_path, tokenizer_
         assert (np.diff(sentence_starts) > 0).all() and (np.diff(document_starts) > 0).all()
     assert one["splits"]["train"]["documents"] + one["splits"]["validation"]["documents"] == 700
     assert 40 <= one["splits"]["validation"]["documents"] <= 100  # 10% of 700, loosely
+
+
+POOL_UNDER_A_SIGNAL_HANDLER = """
+import multiprocessing.connection, os, signal, sys, time
+from bertkit.data import prepare
+started = prepare._init_worker
+def slow_start(tokenizer_dir):  # a worker slow to reach its initializer (a loaded machine): the signal comes first
+    time.sleep(1)
+    started(tokenizer_dir)
+prepare._init_worker = slow_start
+signal.signal(signal.SIGTERM, lambda signum, frame: None)  # records and carries on, as a pre-training run's does
+pool = prepare._start_pool(2, sys.argv[1])
+workers = list(pool._pool)
+for worker in workers:  # while the workers are still starting
+    os.kill(worker.pid, signal.SIGTERM)
+# a worker's sentinel is ready once it has ended (not its exitcode: the pool's own thread may reap it first)
+survivors = sum(not multiprocessing.connection.wait([worker.sentinel], timeout=10) for worker in workers)
+print(f"{survivors} workers survived SIGTERM", flush=True)
+# no terminate() (it would wait on a lock a killed worker may hold): the session, the pool's replacements too, ends
+os.killpg(0, signal.SIGKILL)
+"""
+
+
+def test_prepare_workers_end_on_sigterm_whenever_it_comes(tokenizer_dir):
+    # A worker inherits its parent's signal handlers at fork; one SIGTERM that came before it put the defaults back
+    # was swallowed, and the pool's terminate() (prepare ending on a bad input) then waited for it for ever.
+    for attempt in range(3):
+        result = subprocess.run([sys.executable, "-c", POOL_UNDER_A_SIGNAL_HANDLER, str(tokenizer_dir)],
+                                capture_output=True, text=True, timeout=120, start_new_session=True)
+        assert "0 workers survived SIGTERM" in result.stdout, result.stdout + result.stderr
 
 
 def test_prepare_refuses_existing_output_and_empty_corpus(tmp_path, tokenizer_dir):

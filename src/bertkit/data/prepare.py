@@ -35,6 +35,7 @@ import hashlib
 import itertools
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
 import signal
@@ -128,13 +129,31 @@ def _batches(files, fmt, skip_bad_lines, stats):
 _tokenizer: Tokenizer | None = None  # the tokenizer _encode uses: the parent's, or a worker's own copy
 
 
+_WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _start_pool(workers: int, tokenizer_dir: str) -> multiprocessing.pool.Pool:
+    """A pool of `workers` processes, each with its own tokenizer, that SIGTERM ends at any moment.
+
+    A forked worker inherits the parent's Python signal handlers (the CLI's raises Interrupted; a run's records
+    the signal and carries on). A SIGTERM from the pool's terminate() that reached a worker before _init_worker
+    reset them was swallowed, and the pool then waited for that worker for ever (seen once in the tests: a
+    bad input ended prepare while its workers were starting). So the signals stay blocked from the fork until
+    each worker has put the defaults back (the mask is inherited; a signal sent meanwhile waits, then kills).
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
+    try:
+        return multiprocessing.Pool(workers, initializer=_init_worker, initargs=(tokenizer_dir,))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _init_worker(tokenizer_dir: str) -> None:
     global _tokenizer
-    # A forked worker inherits the CLI's SIGTERM handler, which raises Interrupted: the pool's terminate() then
-    # made workers die with tracebacks on stderr, or in the middle of holding the result queue's lock, which
-    # hung the pool. Workers end as the default says; Ctrl-C is the parent's to handle.
+    # Workers end as the default says; Ctrl-C is the parent's to handle (it terminates the pool).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)  # blocked by _start_pool; one sent meanwhile lands now
     # The parent already runs one process per worker; threads inside each would only oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
@@ -162,7 +181,7 @@ def _encode_batches(batches, tokenizer: Tokenizer, tokenizer_dir: str, workers: 
         _tokenizer = tokenizer
         yield from map(_encode, batches)
         return
-    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(tokenizer_dir,)) as pool:
+    with _start_pool(workers, tokenizer_dir) as pool:
         # apply_async with a bounded queue rather than imap: imap reads its whole input ahead,
         # which would hold the corpus in memory. Taking results in submission order keeps the output
         # identical to workers=1.
