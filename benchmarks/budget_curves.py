@@ -51,6 +51,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,7 +72,7 @@ SEQ_LEN, SEED, OBJECTIVE, MASKING = 128, 0, "nsp", "token"
 # the transformers run
 HF_PRESET, HF_LR, HF_WEIGHT_DECAY, HF_BETAS, HF_EPS = "mini", 1e-3, 0.01, (0.9, 0.999), 1e-6
 HF_WARMUP_STEPS, HF_BATCH, HF_MAX_GRAD_NORM, HF_OBJECTIVE, HF_MASK_RATE = 100, 32, 1.0, "nsp", 0.15
-MEASURE_WARMUP, MEASURE_STEPS = 2, 10  # untimed, then timed steps before the plan (as bertkit's measure_budget)
+MEASURE_WARMUP, MEASURE_STEPS = 5, 100  # untimed, then timed steps before the plan (median), as bertkit's measure_budget
 LOG_EVERY = 10  # training lines, as bertkit's default --log-every
 
 
@@ -409,7 +410,7 @@ def run_transformers(args: argparse.Namespace, batches: list[dict]) -> None:
                 order = epoch_order(len(train), SEED, epoch)
             step_times.append(time.perf_counter() - tick)
             if planned is None and len(step_times) == MEASURE_WARMUP + MEASURE_STEPS:
-                step_s = sum(step_times[MEASURE_WARMUP:]) / MEASURE_STEPS
+                step_s = statistics.median(step_times[MEASURE_WARMUP:])
                 planned = max(step, step + math.floor((budget_s - clock()) / step_s))
                 if planned < 2 * HF_WARMUP_STEPS:  # a budget of a few hundred steps: a tenth of them
                     warmup = max(1, planned // 10)

@@ -120,7 +120,7 @@ def test_budget_with_a_real_measurement(prepared, tmp_path):
     plan = json.loads((run / "run.json").read_text())["plan"]
     measured = plan["measured"]
     assert plan["steps"] >= 1 and measured["overridden"] is False and measured["step"] > 0
-    assert 1 <= measured["timed_steps"] <= 10 and measured["checkpoint"] > 0 and measured["evaluation"] > 0
+    assert 1 <= measured["timed_steps"] <= 100 and measured["checkpoint"] > 0 and measured["evaluation"] > 0
     assert f"-> {plan['steps']:,} steps" in proc.stderr
     last = train_lines(run)[-1]["step"]
     assert last == plan["steps"] or (last < plan["steps"] and "time is up" in proc.stdout + proc.stderr)
@@ -166,6 +166,7 @@ def test_dropout_off_while_pre_training_and_kept_in_the_saved_config(prepared, t
     (["--mask-rate", 1], ["--mask-rate 1.0", "between 0 and 1"]),
     (["--mask-rate", -0.2], ["--mask-rate -0.2", "between 0 and 1"]),
     (["--weight-decay", -0.1], ["--weight-decay -0.1", "[0, 1)"]),
+    (["--max-minutes", -1], ["--max-minutes -1.0", "must be positive"]),
 ])
 def test_bad_budget_and_mask_rate(prepared, tmp_path, extra, fragments):
     proc = run_cli(*budget_args(prepared, tmp_path / "run", *extra), check=False)

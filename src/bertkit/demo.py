@@ -151,19 +151,12 @@ def run_demo(out: str, corpus_files: list[str] | None = None, steps: int = STEPS
     """Run the demo into `out`; with `resume`, continue an interrupted one there (its vocabulary and data
     reused when complete, the pre-training from its newest checkpoint)."""
     # the numbers pre-training would refuse, refused before minutes of vocabulary and data preparation
-    if not lr > 0:
-        raise BertkitError(f"--lr {lr}: must be positive", hint="e.g. --lr 3e-3 (the demo's default)")
-    if not 0.0 <= hold_local <= 1.0:
-        raise BertkitError(f"--hold-local {hold_local}: the held share of the steps must be in [0, 1]",
-                           hint="e.g. --hold-local 0.5 (the demo's default)")
-    if not 0.0 < mask_rate < 1.0:
-        raise BertkitError(f"--mask-rate {mask_rate}: must be between 0 and 1 (exclusive)",
-                           hint="e.g. --mask-rate 0.25 (the demo's default) or 0.15 (the BERT paper)")
-    if max_minutes is not None and not max_minutes > 0:
-        raise BertkitError(f"--max-minutes {max_minutes}: must be positive", hint="e.g. --max-minutes 6")
-    if not 0.0 <= weight_decay < 1.0:
-        raise BertkitError(f"--weight-decay {weight_decay}: must be in [0, 1)",
-                           hint=f"e.g. --weight-decay {WEIGHT_DECAY} (the demo's default, the BERT paper's) or 0.1")
+    from bertkit.train.pretrain import check_settings
+    from bertkit.train.recipe import apply_recipe
+
+    check_settings(apply_recipe(pretrain_config(out, steps, model_config, seq_len, batch_size, lr, precision, seed,
+                                                show_progress, resume, max_minutes, hold_local, mask_rate,
+                                                weight_decay))[0])
     settings = dict(corpus=[os.path.abspath(f) for f in corpus_files] if corpus_files else None, steps=steps,
                     vocab_size=vocab_size, model_config=model_config, seq_len=seq_len, batch_size=batch_size, lr=lr,
                     precision=precision, seed=seed, corpus_bytes=corpus_bytes, max_minutes=max_minutes,
@@ -195,6 +188,20 @@ def _check_same_settings(out: str, settings: dict) -> None:
                            hint="resume with the original options, or choose a new --out")
 
 
+def pretrain_config(out, steps, model_config, seq_len, batch_size, lr, precision, seed, show_progress, resume,
+                    max_minutes, hold_local, mask_rate, weight_decay):
+    """Step 3's run: OUT/run, from the data step 2 prepares in OUT/data."""
+    from bertkit.train.pretrain import PretrainConfig
+
+    return PretrainConfig(data=[os.path.join(out, "data")], out=os.path.join(out, "run"), model_config=model_config,
+                          steps=steps, batch_size=batch_size, lr=lr, warmup=0.06, weight_decay=weight_decay,
+                          seq_len=seq_len, precision=precision, seed=seed, log_every=25,
+                          eval_every=max(1, steps // 4), save_every=max(1, steps), eval_samples=512,
+                          show_progress=show_progress, resume=resume, max_minutes=max_minutes, init_scheme="local",
+                          hold_local=hold_local, mask_rate=mask_rate,
+                          model_overrides=dict(max_position_embeddings=seq_len))
+
+
 def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch_size, lr, precision, seed,
               corpus_bytes, show_progress, resume, max_minutes=None, finetune_epochs=FINETUNE_EPOCHS,
               hold_local=HOLD_LOCAL, mask_rate=MASK_RATE, weight_decay=WEIGHT_DECAY) -> dict:
@@ -202,7 +209,7 @@ def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch
     from bertkit.data.prepare import prepare
     from bertkit.model import BertForPreTraining
     from bertkit.tokenizer import Tokenizer
-    from bertkit.train.pretrain import PretrainConfig, build, evaluate, pretrain
+    from bertkit.train.pretrain import build, evaluate, pretrain
 
     started = time.perf_counter()
     tokenizer_dir, data_dir = os.path.join(out, "tokenizer"), os.path.join(out, "data")
@@ -241,13 +248,8 @@ def _run_demo(out, corpus_files, steps, vocab_size, model_config, seq_len, batch
     for split, counts in manifest["splits"].items():
         print(f"      {split}: {counts['documents']} documents, {counts['sentences']} sentences, {counts['tokens']} tokens")
 
-    cfg = PretrainConfig(data=[data_dir], out=os.path.join(out, "run"), model_config=model_config, steps=steps,
-                         batch_size=batch_size, lr=lr, warmup=0.06, weight_decay=weight_decay, seq_len=seq_len,
-                         precision=precision, seed=seed,
-                         log_every=25, eval_every=max(1, steps // 4), save_every=steps, eval_samples=512,
-                         show_progress=show_progress, resume=resume, max_minutes=max_minutes,
-                         init_scheme="local", hold_local=hold_local, mask_rate=mask_rate,
-                         model_overrides=dict(max_position_embeddings=seq_len))
+    cfg = pretrain_config(out, steps, model_config, seq_len, batch_size, lr, precision, seed, show_progress, resume,
+                          max_minutes, hold_local, mask_rate, weight_decay)
     untrained, _, _, validation = build(cfg)
     if validation is None:
         raise BertkitError("the corpus is too small to hold out validation documents", hint="pass more --corpus text")

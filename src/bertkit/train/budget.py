@@ -54,7 +54,7 @@ def format_duration(seconds: float) -> str:
 @dataclass
 class Measurement:
     """Seconds taken by the parts of a run, measured on this machine before training starts."""
-    step: float  # one optimizer step (all micro-batches, on real batches), averaged over the timed steps
+    step: float  # one optimizer step (all micro-batches, on real batches): the median of the timed steps
     evaluation: float  # one held-out evaluation (0 without validation data)
     checkpoint: float  # one checkpoint save, with the optimizer's full state
     spent: float  # seconds of the budget already gone: building the model and data, and the measurement

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -108,14 +109,9 @@ def load_model_config(spec: str) -> BertConfig:
     return preset(spec)
 
 
-def build(cfg: PretrainConfig, world_size: int = 1):
-    """Everything the loop needs, validated before anything is written."""
-    cfg, _ = apply_recipe(cfg)
-    from bertkit.data.pretraining import PreparedCorpus, PretrainingDataset
-    from bertkit.data.prepare import load_manifest
-    from bertkit.tokenizer import Tokenizer
-
-    objective = get_objective(cfg.objective)  # the masking is looked up by the dataset, below
+def check_settings(cfg: PretrainConfig) -> None:
+    """Refuse, one clear line each, the numbers a run cannot train with (cfg after apply_recipe). Reads and
+    writes nothing: `bertkit demo` asks before its minutes of vocabulary and data preparation."""
     if cfg.precision not in PRECISIONS:
         raise BertkitError(f"{cfg.precision!r} is not one of {', '.join(PRECISIONS)}", hint="see bertkit pretrain --help")
     for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "save_every"):
@@ -151,6 +147,19 @@ def build(cfg: PretrainConfig, world_size: int = 1):
         raise BertkitError(f"--weight-decay {cfg.weight_decay}: must be in [0, 1)", hint="e.g. --weight-decay 0.01")
     if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
         raise BertkitError(f"--dropout {cfg.dropout}: must be in [0, 1)", hint="e.g. --dropout 0.1, or 0 for none")
+    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
+        raise BertkitError(f"--max-minutes {cfg.max_minutes}: must be positive", hint="e.g. --max-minutes 30")
+
+
+def build(cfg: PretrainConfig, world_size: int = 1):
+    """Everything the loop needs, validated before anything is written."""
+    cfg, _ = apply_recipe(cfg)
+    from bertkit.data.pretraining import PreparedCorpus, PretrainingDataset
+    from bertkit.data.prepare import load_manifest
+    from bertkit.tokenizer import Tokenizer
+
+    objective = get_objective(cfg.objective)  # the masking is looked up by the dataset, below
+    check_settings(cfg)
     check_output_dir(cfg.out, hint="pass --resume to continue that run, or choose a new --out", reuse=cfg.resume)
     for d in cfg.data:
         load_manifest(d)
@@ -350,8 +359,13 @@ def check_same_model(path: str, config: BertConfig, cfg: PretrainConfig) -> None
 
 
 # --budget: a few real steps are timed before the run starts (budget.py says why the plan is made once)
-MEASURE_WARMUP_STEPS = 2  # not timed: the first steps allocate the optimizer's state (and compile, with --compile)
-MEASURE_STEPS = (3, 10)  # timed: at least 3, at most 10, and no more once 2% of the budget is gone
+# The first steps are slower than the rest (they allocate the optimizer's state, compile with --compile, and
+# meet each new batch shape for the first time) and a step's time varies. A plan from 2 untimed + 10 timed steps
+# (their mean) read tiny at 0.098 s/step on Wikipedia on a machine started minutes before, where the run then went
+# at 0.068 s/step: 60 minutes planned as 41. Timing 5 + 100 steps (their median; at most 2% of the budget) read
+# 0.0655 s/step on the same machine next (BENCHMARKS.md, "The 60-minute run, undisturbed").
+MEASURE_WARMUP_STEPS = 5  # not timed
+MEASURE_STEPS = (3, 100)  # timed: at least 3, at most 100, and no more once 2% of the budget is gone
 
 
 def measure_budget(cfg: PretrainConfig, world: distributed.World, model, tokenizer, optimizer, train_step, validation,
@@ -399,7 +413,7 @@ def measure_budget(cfg: PretrainConfig, world: distributed.World, model, tokeniz
     model.load_state_dict(initial)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, eps=cfg.eps, betas=tuple(cfg.betas))
     step_s, spent, evaluation, checkpoint = distributed.all_reduce_sum(
-        [sum(timed_times) / len(timed_times), time.perf_counter() - started, evaluation, checkpoint], world)
+        [statistics.median(timed_times), time.perf_counter() - started, evaluation, checkpoint], world)
     measured = Measurement(step=step_s / world.world_size, evaluation=evaluation, checkpoint=checkpoint,
                            spent=spent / world.world_size, timed_steps=len(timed_times))
     if override is not None:
