@@ -107,6 +107,30 @@ def test_budget_plan_is_recorded_and_resume_follows_it(prepared, tmp_path):
     assert json.loads((resumed / "run.json").read_text())["planned_steps"] == 10
 
 
+def test_max_steps_caps_the_plan_and_resume_keeps_the_cap(prepared, tmp_path):
+    """--budget 1h at 360 s a step fits 10 steps; --max-steps 6 plans 6 (the schedule decays to 0 at step 6, so
+    the weights equal --steps 6), says which number held, and records both. A resume must repeat the cap; a cap
+    above what fits changes nothing."""
+    capped, plain, loose = tmp_path / "capped", tmp_path / "plain", tmp_path / "loose"
+    proc = run_cli(*budget_args(prepared, capped, "--budget", "1h", "--max-steps", 6, "--stop-at", 3), env=TEN_STEPS)
+    assert "10 steps would fit, --max-steps 6 holds -> 6 steps, lr decays to 0 at step 6" in proc.stderr
+    plan = json.loads((capped / "run.json").read_text())["plan"]
+    assert (plan["steps"], plan["max_steps"], plan["fitting_steps"]) == (6, 6, 10)
+    proc = run_cli(*budget_args(prepared, capped, "--budget", "1h", "--max-steps", 7, "--resume"), check=False)
+    assert_one_line_error(proc, "--budget 1h --max-steps 6 (now --budget 1h --max-steps 7)",
+                          "resume with --budget 1h --max-steps 6")
+    proc = run_cli(*budget_args(prepared, capped, "--budget", "1h", "--resume"), check=False)
+    assert_one_line_error(proc, "--budget 1h --max-steps 6 (now --budget 1h)")
+    run_cli(*budget_args(prepared, capped, "--budget", "1h", "--max-steps", 6, "--resume"))
+    assert [r["step"] for r in train_lines(capped)] == list(range(1, 7))
+    run_cli(*budget_args(prepared, plain, "--steps", 6))
+    assert same_weights(capped, plain)
+
+    proc = run_cli(*budget_args(prepared, loose, "--budget", "1h", "--max-steps", 50, "--stop-at", 1), env=TEN_STEPS)
+    assert "(--max-steps 50) -> 10 steps" in proc.stderr
+    assert json.loads((loose / "run.json").read_text())["plan"]["steps"] == 10
+
+
 def test_budget_with_a_real_measurement(prepared, tmp_path):
     """No override: the plan comes from timed steps on this machine. What it must be, whatever the speed:
     at least one step, recorded with its measurement, and the run ends at the plan or (on a machine slower
@@ -162,6 +186,8 @@ def test_dropout_off_while_pre_training_and_kept_in_the_saved_config(prepared, t
     (["--budget", "30x"], ["--budget 30x: not a duration", "e.g. 90s, 30m"]),
     (["--budget", "0m"], ["--budget 0m: must be longer than zero"]),
     (["--budget", "30m", "--steps", 100], ["--budget 30m and --steps 100", "pass one of them"]),
+    (["--max-steps", 100], ["--max-steps 100 caps the steps a --budget plans", "add --budget", "--steps 100"]),
+    (["--budget", "30m", "--max-steps", 0], ["--max-steps", "0"]),
     (["--mask-rate", 0], ["--mask-rate 0.0", "between 0 and 1"]),
     (["--mask-rate", 1], ["--mask-rate 1.0", "between 0 and 1"]),
     (["--mask-rate", -0.2], ["--mask-rate -0.2", "between 0 and 1"]),

@@ -161,6 +161,9 @@ def test_demo_smoke(tmp_path):
     assert run_config["init_scheme"] == "local" and run_config["hold_local"] == 0.5
     assert run_config["mask_rate"] == 0.25  # the demo's own rate for its small, repeated corpus (demo.MASK_RATE)
     assert run_config["weight_decay"] == WEIGHT_DECAY  # --weight-decay unset: demo.py's, not the CLI's
+    # planned for --max-minutes 7 and capped at --steps: `pretrain --budget 420s --max-steps 4`
+    assert (run_config["budget"], run_config["plan"]["max_steps"], run_config["planned_steps"]) == ("420s", 4, 4)
+    assert json.loads((out / "demo.json").read_text())["pretrain_schedule"] == "budget"
 
     shutil.rmtree(out / "finetune" / "random" / seeds[-1])  # stopped during the random start's last seed
     settings = json.loads((out / "demo.json").read_text())

@@ -97,7 +97,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     cfg = PretrainConfig(
         data=args.data, out=args.out, model_config=args.model_config, init=args.init, steps=args.steps,
-        budget=args.budget, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
+        budget=args.budget, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
         weight_decay=args.weight_decay, betas=tuple(args.betas) if args.betas else None, eps=args.eps, seq_len=args.seq_len, objective=args.objective, masking=args.masking,
         mask_rate=args.mask_rate, max_predictions=args.max_predictions, precision=args.precision, seed=args.seed, log_every=args.log_every,
         eval_every=args.eval_every, eval_samples=args.eval_samples, save_every=args.save_every,
@@ -448,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget instead of --steps, e.g. 90s, 30m, 2h, 1h30m, 1d: a few timed steps plan "
                         "the number of steps so that the learning rate decays to 0 when the budget ends; the plan is "
                         "recorded (run.json, checkpoints) and --resume follows it")
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="with --budget: plan at most this many steps (a machine fast enough for more ends early; a "
+                        "slower one gets fewer, with the learning rate still decayed to 0 when the budget ends)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="per process and micro-batch (default: the preset's recipe)")
     p.add_argument("--grad-accum", type=positive_int, default=1)
@@ -510,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "the held-out evaluation printed"))
     p.add_argument("--out", default="demo-out", help="directory to create (default: demo-out)")
     p.add_argument("--corpus", nargs="+", help="your own text files (default: the Python docs shipped with Python)")
-    p.add_argument("--steps", type=positive_int, default=None, help="default: 3200 (demo.STEPS)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="pre-training steps, at most (default: 3200, demo.STEPS; fewer where they do not fit in "
+                        "--max-minutes)")
     add_compute_options(p)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--model-config", default="tiny", help="preset or config.json")
@@ -531,8 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AdamW's weight decay while pre-training (default: 0.01, the paper's; 0.1 gives more MLM "
                         "accuracy but less NSP and less transfer to step 5: BENCHMARKS.md)")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="wall-clock cap on the pre-training (default: 7), so the demo ends within 10 minutes on a slow CPU "
-                        "(it ends at the step where the time is spent, evaluated and saved)")
+                   help="the pre-training's wall-clock budget (default: 7), so the demo ends within 10 minutes on a "
+                        "slow CPU: planned as `pretrain --budget 7m --max-steps STEPS`, a CPU too slow for --steps "
+                        "in that time trains the steps that fit, the learning rate decayed to 0 at their end")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted demo in --out (same options): its vocabulary and data are reused, "
                         "pre-training continues from its newest checkpoint, fine-tuning from its finished runs")

@@ -61,6 +61,7 @@ class PretrainConfig:
     init: str | None = None  # a model directory to continue from (phase 2 at a longer --seq-len)
     steps: int | None = None  # DEFAULT_STEPS, unless a --budget plans them
     budget: str | None = None  # a wall-clock budget such as "30m": the steps are planned for it (budget.py)
+    max_steps: int | None = None  # with --budget: plan no more steps than this (a fast machine ends early)
     batch_size: int | None = None  # per process and micro-batch
     grad_accum: int = 1
     lr: float | None = None  # peak; the paper's 1e-4 for base and large
@@ -114,7 +115,7 @@ def check_settings(cfg: PretrainConfig) -> None:
     writes nothing: `bertkit demo` asks before its minutes of vocabulary and data preparation."""
     if cfg.precision not in PRECISIONS:
         raise BertkitError(f"{cfg.precision!r} is not one of {', '.join(PRECISIONS)}", hint="see bertkit pretrain --help")
-    for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "save_every"):
+    for name in ("steps", "max_steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "save_every"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise BertkitError(f"--{name.replace('_', '-')} must be at least 1", hint="pass a positive number")
     if cfg.budget is not None:
@@ -122,6 +123,10 @@ def check_settings(cfg: PretrainConfig) -> None:
         if cfg.steps is not None:
             raise BertkitError(f"--budget {cfg.budget} and --steps {cfg.steps} both set the length of the run",
                                hint="pass one of them: --budget plans the steps from this machine's measured speed")
+    elif cfg.max_steps is not None:
+        raise BertkitError(f"--max-steps {cfg.max_steps} caps the steps a --budget plans, and no --budget is given",
+                           hint=f"add --budget (e.g. --budget 30m --max-steps {cfg.max_steps}), or pass --steps "
+                                f"{cfg.max_steps} for a run of exactly that length")
     if not 0.0 < cfg.mask_rate < 1.0:
         raise BertkitError(f"--mask-rate {cfg.mask_rate}: must be between 0 and 1 (exclusive)",
                            hint="e.g. 0.15 (the BERT paper) or 0.3 (Wettig et al., 2023)")
@@ -303,12 +308,15 @@ def check_resume(state: dict, cfg: PretrainConfig, world: distributed.World, pat
 
 # What fixes the learning-rate schedule (warmup, then linear decay to 0 at the planned last step): a resumed run
 # keeps it. The plan a checkpoint records: {"steps", "lr", "warmup", "budget", "measured"}; under --budget,
-# "steps" was planned from "measured" (budget.Measurement) and a resumed run takes it from there.
+# "steps" was planned from "measured" (budget.Measurement) and a resumed run takes it from there; with
+# --max-steps, also "max_steps" and "fitting_steps" (what the budget alone would have planned).
 PLAN_FIELDS = ("lr", "warmup")
 
 
-def _length_option(steps, budget) -> str:
-    return f"--budget {budget}" if budget is not None else f"--steps {steps}"
+def _length_option(steps, budget, max_steps=None) -> str:
+    if budget is None:
+        return f"--steps {steps}"
+    return f"--budget {budget}" + (f" --max-steps {max_steps}" if max_steps is not None else "")
 
 
 def check_plan(state: dict, cfg: PretrainConfig, path: str) -> dict | None:
@@ -327,10 +335,12 @@ def check_plan(state: dict, cfg: PretrainConfig, path: str) -> dict | None:
     changed, original = [], []
     saved_budget = saved.get("budget")
     same_length = (saved_budget is None and cfg.budget is None and saved["steps"] == cfg.steps) or (
-        saved_budget is not None and cfg.budget is not None and parse_duration(saved_budget) == parse_duration(cfg.budget))
+        saved_budget is not None and cfg.budget is not None and parse_duration(saved_budget) == parse_duration(cfg.budget)
+        and saved.get("max_steps") == cfg.max_steps)  # plans recorded before --max-steps existed have none
     if not same_length:
-        was, now = _length_option(saved["steps"], saved_budget), _length_option(cfg.steps, cfg.budget)
-        same_option = was.split()[0] == now.split()[0]
+        was = _length_option(saved["steps"], saved_budget, saved.get("max_steps"))
+        now = _length_option(cfg.steps, cfg.budget, cfg.max_steps)
+        same_option = was.split()[0] == now.split()[0] and len(was.split()) == len(now.split()) == 2
         changed.append(f"{was} (now {now.split()[1] if same_option else now})")
         original.append(was)
     for k in PLAN_FIELDS:
@@ -432,13 +442,20 @@ def budget_plan(cfg: PretrainConfig, m: Measurement, has_validation: bool) -> di
         needed = m.spent + m.step + (m.evaluation if has_validation else 0.0) + 2 * m.checkpoint
         raise BertkitError(f"--budget {cfg.budget} is too short for one step: {took}",
                            hint=f"give a --budget longer than {format_duration(needed)}, or use --steps")
-    return {"steps": steps, "lr": cfg.lr, "warmup": cfg.warmup, "budget": cfg.budget, "measured": dataclasses.asdict(m)}
+    plan = {"steps": steps, "lr": cfg.lr, "warmup": cfg.warmup, "budget": cfg.budget, "measured": dataclasses.asdict(m)}
+    if cfg.max_steps is not None:  # recorded with the number that fits, so the message can say which one held
+        plan.update(steps=min(steps, cfg.max_steps), max_steps=cfg.max_steps, fitting_steps=steps)
+    return plan
 
 
 def plan_message(cfg: PretrainConfig, plan: dict) -> str:
     m, steps = plan["measured"], plan["steps"]
     source = (f"{m['step']:.3g} s/step ({SECONDS_PER_STEP_ENV})" if m["overridden"] else
               f"{m['step']:.3g} s/step measured over {m['timed_steps']} steps")
+    if plan.get("max_steps") is not None:
+        fits = plan["fitting_steps"]
+        source += (f" -> {fits:,} steps would fit, --max-steps {plan['max_steps']:,} holds" if fits > steps else
+                   f" (--max-steps {plan['max_steps']:,})")
     return (f"--budget {cfg.budget}: {source} -> {steps:,} steps, lr decays to 0 at step {steps:,} (held-out "
             f"evaluation {m['evaluation']:.3g} s every {cfg.eval_every} steps, checkpoint {m['checkpoint']:.3g} s every "
             f"{cfg.save_every}, {format_duration(m['spent'])} spent building the run and measuring it)")
