@@ -120,6 +120,24 @@ def test_ner_and_squad_run(tiny_model, tmp_path):
     assert [a["id"] for a in answers] == ["q0", "q1", "q2"] and all(a["answer"] in context for a in answers)
 
 
+def test_eval_at_end_reads_dev_once_and_trains_the_same_model(tiny_model, sst2, tmp_path):
+    from safetensors.torch import load_file
+
+    for eval_at in ("epoch", "end"):
+        run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out", tmp_path / eval_at,
+                "--epochs", 3, "--batch-size", 16, "--lr", 1e-3, "--keep", "last", "--eval-at", eval_at, "--quiet")
+    runs = {e: tmp_path / e / "seed-1" for e in ("epoch", "end")}
+    rows = {e: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for e, d in runs.items()}
+    dev_epochs = {e: [row["epoch"] for row in lines if row.get("split") == "dev"] for e, lines in rows.items()}
+    assert dev_epochs == {"epoch": [1, 2, 3], "end": [3]}
+    results = {e: json.loads((d / "eval_results.json").read_text()) for e, d in runs.items()}
+    assert results["end"]["epoch"] == 3 and results["end"]["accuracy"] == results["epoch"]["accuracy"]
+    weights = {e: load_file(d / "model.safetensors") for e, d in runs.items()}
+    assert weights["end"].keys() == weights["epoch"].keys()
+    for name, tensor in weights["epoch"].items():  # reading dev draws nothing from the training's random streams
+        assert torch.equal(weights["end"][name], tensor), name
+
+
 def test_bad_inputs(tiny_model, sst2, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -143,7 +161,11 @@ def test_bad_inputs(tiny_model, sst2, tmp_path):
     assert_one_line_error(run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out",
                                   tmp_path / "o5", "--batch-size", 100000, check=False),
                           "48 examples", "--batch-size 100000", "lower --batch-size")
-    for name in ("o1", "o2", "o3", "o4", "o5"):
+    # --eval-at end has no best epoch to pick
+    assert_one_line_error(run_cli("finetune", "--task", "sst2", "--data", sst2, "--model", tiny_model, "--out",
+                                  tmp_path / "o6", "--eval-at", "end", check=False),
+                          "--eval-at end", "--keep last")
+    for name in ("o1", "o2", "o3", "o4", "o5", "o6"):
         assert not (tmp_path / name).exists() or not os.listdir(tmp_path / name)
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bertkit.config import preset
+from bertkit.errors import BertkitError
 from bertkit.generate import GenerateConfig, _Decoder, generate_ids
 from bertkit.model import IGNORE_INDEX, BertForMaskedLM, seq2seq_mask
 
@@ -192,6 +193,26 @@ def test_gibbs_repeats_with_a_seed_and_samples_no_special_tokens():
         assert len(hypotheses) == 2
         for h in hypotheses:
             assert len(h["ids"]) == 5 and not {CLS, SEP, PAD, MASK} & set(h["ids"])
+
+
+def test_gibbs_from_a_prompt_holds_it_and_samples_after_it():
+    model = tiny_lm(seed=4)
+    MASK = 4
+    cfg = GenerateConfig(method="gibbs", seed=5, sweeps=2, max_new_tokens=4, top_k=10)
+    prompts = [[11, 12, 13], [], [14]]
+    rows = generate_ids(model, SOURCES, cfg, SEP, PAD, mask_id=MASK, prompts=prompts)
+    for hypotheses, prompt in zip(rows, prompts):
+        ids = hypotheses[0]["ids"]
+        assert ids[:len(prompt)] == prompt and len(ids) == len(prompt) + 4
+        assert not {CLS, SEP, PAD, MASK} & set(ids[len(prompt):])
+    # empty prompts are no prompts: the same rows, sample for sample
+    plain = generate_ids(model, SOURCES, cfg, SEP, PAD, mask_id=MASK)
+    assert generate_ids(model, SOURCES, cfg, SEP, PAD, mask_id=MASK, prompts=[[], [], []]) == plain
+    # the prompt conditions the samples: with the same seed, the first source samples other tokens without it
+    assert plain[0][0]["ids"] != rows[0][0]["ids"][3:]
+    with pytest.raises(BertkitError, match="prompt is for --method gibbs"):
+        generate_ids(model, SOURCES, GenerateConfig(method="greedy", max_new_tokens=4), SEP, PAD, mask_id=MASK,
+                     prompts=prompts)
 
 
 @pytest.mark.parametrize("precision, autocast", [("fp32", False), ("bf16", True)])

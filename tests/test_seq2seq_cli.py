@@ -91,6 +91,57 @@ def test_generate_each_method(seq2seq_run, tmp_path, method):
             assert len(line["n_best"]) == 2 and line["n_best"][0]["text"] == line["generated"]
 
 
+@pytest.mark.parametrize("start", ["seq2seq", "pre-trained"])
+def test_gibbs_from_a_prompt(seq2seq_run, tiny_model, tmp_path, start):
+    """--prompt starts every target; a JSON line's "prompt" overrides it; the text returned starts with it.
+    Gibbs runs on any MLM head: the seq2seq model, and a BertForPreTraining never fine-tuned."""
+    out = seq2seq_run[0] if start == "seq2seq" else tiny_model
+    sources = write_jsonl(tmp_path / "sources.jsonl", [{"source": "the film was good but the cast was bad"},
+                                                       {"source": "the film was fine", "prompt": "the film"}])
+    output = tmp_path / "out.jsonl"
+    run_cli("generate", "--model", out, "--input", sources, "--output", output, "--method", "gibbs", "--seed", 1,
+            "--max-new-tokens", 3, "--prompt", "the cast")
+    first, second = [json.loads(line) for line in output.read_text().splitlines()]
+    assert first["generated"].startswith("the cast ") and len(first["generated"].split()) >= 3
+    assert second["generated"].startswith("the film ") and second["prompt"] == "the film"
+    proc = run_cli("generate", "--model", out, "--input", sources, "--output", tmp_path / "o.jsonl", "--method",
+                   "greedy", check=False)  # the second line's prompt
+    assert_one_line_error(proc, "prompt", "--method gibbs")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_finetune_from_tsv_and_a_model_with_an_mlm_head(tiny_model, pairs, tmp_path):
+    """A TSV with source / target columns reads as the JSON Lines do; a start that has an MLM head keeps it (at
+    a negligible learning rate the saved head is the start's, not a fresh one tied to the embeddings); label
+    smoothing changes the loss; a smoothing of 1 or more is refused."""
+    from safetensors.torch import load_file
+
+    train, dev = pairs
+    tsv = tmp_path / "train.tsv"
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    tsv.write_text("source\ttarget\n" + "".join(f"{r['source']}\t{r['target']}\n" for r in rows))
+    losses = {}
+    for smoothing in ("0", "0.3"):
+        run_cli("finetune", "--task", "seq2seq", "--train", tsv, "--dev", dev, "--model", tiny_model, "--out",
+                tmp_path / smoothing, "--epochs", 1, "--batch-size", 8, "--lr", 1e-12, "--max-seq-len", 48,
+                "--max-target-len", 8, "--label-smoothing", smoothing, "--log-every", 1, "--quiet")
+        lines = [json.loads(line) for line in (tmp_path / smoothing / "seed-1" / "metrics.jsonl").read_text().splitlines()]
+        losses[smoothing] = [line["loss"] for line in lines if "split" not in line]
+        assert len(losses[smoothing]) == 2  # 16 pairs, batch 8: the TSV's rows were all read
+    # the first step sees the same weights and batch: only the loss differs (the untrained model's
+    # distribution is near uniform, so smoothing moves it by hundredths)
+    assert abs(losses["0.3"][0] - losses["0"][0]) > 1e-3
+    start, tuned = load_file(tiny_model / "model.safetensors"), load_file(tmp_path / "0" / "seed-1" / "model.safetensors")
+    heads = [k for k in start if k.startswith("cls.predictions.") and "decoder.weight" not in k]
+    assert heads, sorted(start)
+    for key in heads:
+        torch.testing.assert_close(tuned[key], start[key], atol=1e-6, rtol=0)
+    proc = run_cli("finetune", "--task", "seq2seq", "--train", tsv, "--dev", dev, "--model", tiny_model, "--out",
+                   tmp_path / "bad", "--label-smoothing", "1.5", check=False)
+    assert_one_line_error(proc, "--label-smoothing 1.5")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_generate_jsonl_keeps_the_records(seq2seq_run, tmp_path):
     out, _ = seq2seq_run
     sources = write_jsonl(tmp_path / "sources.jsonl", [{"id": 7, "source": "the film was good"}])

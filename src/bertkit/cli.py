@@ -302,9 +302,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if not record["source"].strip():
             raise BertkitError(f"{args.input}: line {n}: the source is empty",
                                hint="every line needs some text to generate from; remove the line")
+        if not isinstance(record.get("prompt", ""), str):
+            raise BertkitError(f"{args.input}: line {n}: \"prompt\" is not text",
+                               hint="write the prompt as a string, or leave the field out")
+    prompts = None
+    if args.prompt is not None or any("prompt" in r for _, r in records):
+        if args.method != "gibbs":
+            raise BertkitError(f"a prompt (--prompt, or a \"prompt\" field in {args.input}) is for --method gibbs, "
+                               f"not {args.method}", hint="use --method gibbs, or leave the prompt out")
+        prompts = [r.get("prompt", args.prompt or "") for _, r in records]
     pipe = Pipeline.from_pretrained(args.model, precision=args.precision, batch_size=args.batch_size,
                                     generation=True)
-    results = pipe.generate([r["source"] for _, r in records], **options)
+    results = pipe.generate([r["source"] for _, r in records], prompts=prompts, **options)
     atomic_write_text(args.output, "".join(json.dumps({**r, **result}, ensure_ascii=False) + "\n"
                                            for (_, r), result in zip(records, results)))
     print(f"wrote {args.output}: {len(records)} sources", file=sys.stderr)
@@ -589,6 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="1", help="comma-separated; each seed runs into OUT/seed-N (one seed too), "
                                                 "OUT/eval_results.json holds mean and std over the seeds")
     p.add_argument("--keep", choices=["best", "last"], default="best", help="which epoch's model to keep")
+    p.add_argument("--eval-at", choices=["epoch", "end"], default="epoch",
+                   help="evaluate on dev after every epoch (default) or only after the last (with --keep last: "
+                        "faster where dev is large and the epochs short)")
     p.add_argument("--label-all-subtokens", action="store_true", help="ner: label every piece, not just the first")
     p.add_argument("--doc-stride", type=positive_int, default=128)
     p.add_argument("--max-query-len", type=positive_int, default=64)
@@ -652,6 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sample: below 1 sharper, above 1 flatter")
     p.add_argument("--num-return", type=int, default=1, help="sequences per source (beam's n-best, or samples)")
     p.add_argument("--sweeps", type=int, default=4, help="gibbs: passes over the target positions")
+    p.add_argument("--prompt", help="gibbs: the text every target starts with, kept as written, followed by "
+                                    "--max-new-tokens sampled tokens (a JSON Lines input's \"prompt\" field "
+                                    "overrides it per line; default: none, all [MASK])")
     p.add_argument("--no-repeat-ngram", type=int, default=0,
                    help="greedy, beam, sample: never repeat an n-gram of this size within a sequence (0: off)")
     p.add_argument("--iterations", type=int, default=10,

@@ -335,11 +335,13 @@ def _beam(decoder: _Decoder, cfg: GenerateConfig, sep_id: int, B: int) -> list[l
 
 @torch.no_grad()
 def gibbs_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: int, pad_id: int,
-              mask_id: int) -> list[list[dict]]:
+              mask_id: int, prompts: list[list[int]] | None = None) -> list[list[dict]]:
     """Gibbs-style sampling from an MLM (Wang & Cho 2019): `[CLS] source [SEP] [MASK] x n [SEP]`, n =
     max_new_tokens, with full (bidirectional) attention, as the MLM was pre-trained; each of cfg.sweeps sweeps
     visits the target positions left to right, masks the position, and samples it from the MLM's distribution
-    there (temperature, then top-k). Works from any model with an MLM head.
+    there (temperature, then top-k). Works from any model with an MLM head. A source's prompt (token ids,
+    `prompts`) starts its target: `[CLS] source [SEP] prompt [MASK] x n [SEP]`, the prompt held fixed and
+    returned at the head of the ids (its tokens score nothing).
 
     Not a proper sample from a joint distribution: an MLM's conditionals need not be those of any joint
     distribution, so this chain has no guarantee to converge to one (Wang & Cho's own correction of their
@@ -349,12 +351,15 @@ def gibbs_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: int,
     model.eval()
     device = next(model.parameters()).device
     n, B = cfg.max_new_tokens, len(sources)
-    rows = [s + [mask_id] * n + [sep_id] for s in sources]
+    prompts = prompts or [[] for _ in sources]
+    rows = [s + p + [mask_id] * n + [sep_id] for s, p in zip(sources, prompts)]
     T = max(len(r) for r in rows)
     ids = torch.tensor([r + [pad_id] * (T - len(r)) for r in rows], device=device)  # (B, T)
-    types = torch.tensor([[0] * len(s) + [1] * (n + 1) + [0] * (T - len(s) - n - 1) for s in sources], device=device)
+    types = torch.tensor([[0] * len(s) + [1] * (len(r) - len(s)) + [0] * (T - len(r)) for s, r in zip(sources, rows)],
+                         device=device)
     attention = (torch.arange(T, device=device)[None, :] < torch.tensor([len(r) for r in rows], device=device)[:, None])
-    starts = torch.tensor([len(s) for s in sources], device=device)  # (B,) the first target position
+    heads = [len(s) for s in sources]  # where each target (its prompt first) begins
+    starts = torch.tensor([len(s) + len(p) for s, p in zip(sources, prompts)], device=device)  # the first sampled one
     batch = torch.arange(B, device=device)
     special = torch.tensor(sorted({sep_id, pad_id, mask_id, sources[0][0]}), device=device)  # [CLS] starts a source
     generator = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
@@ -368,7 +373,7 @@ def gibbs_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: int,
             chosen = _sample(logprobs, cfg, generator)
             ids[batch, starts + j] = chosen
             scores[:, j] = logprobs.gather(1, chosen[:, None]).squeeze(1)
-    return [[{"ids": ids[b, starts[b]:starts[b] + n].tolist(), "score": float(scores[b].sum()), "finished": True}]
+    return [[{"ids": ids[b, heads[b]:starts[b] + n].tolist(), "score": float(scores[b].sum()), "finished": True}]
             for b in range(B)]
 
 
@@ -444,18 +449,24 @@ def mask_predict_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_i
 
 @torch.no_grad()
 def generate_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: int, pad_id: int,
-                 mask_id: int | None = None, objective: str | None = None) -> list[list[dict]]:
+                 mask_id: int | None = None, objective: str | None = None,
+                 prompts: list[list[int]] | None = None) -> list[list[dict]]:
     """Per source (`[CLS] source [SEP]` ids), cfg.num_return sequences, best first: {"ids" (without the final
     [SEP]), "score" (summed log-probability; beam: / length ** length_penalty), "finished" (ended in [SEP])}.
     mask_id: the [MASK] token, for gibbs and mask-predict (whose score is the mean log-probability), and for
-    left-to-right decoding of a model whose objective (generation_config.json) is "unilm-masked"."""
+    left-to-right decoding of a model whose objective (generation_config.json) is "unilm-masked".
+    prompts: gibbs only, each source's fixed start of its target (token ids; see gibbs_ids)."""
     cfg.check()
     model.eval()
+    if prompts is not None and cfg.method != "gibbs":
+        raise BertkitError(f"a prompt is for --method gibbs, not {cfg.method}",
+                           hint="use --method gibbs, or leave the prompt out")
     if cfg.method == "mask-predict":
         return mask_predict_ids(model, sources, cfg, sep_id, pad_id, mask_id)
     if cfg.method == "gibbs":
         repeated = [s for s in sources for _ in range(cfg.num_return)]
-        rows = gibbs_ids(model, repeated, cfg, sep_id, pad_id, mask_id)
+        repeated_prompts = None if prompts is None else [p for p in prompts for _ in range(cfg.num_return)]
+        rows = gibbs_ids(model, repeated, cfg, sep_id, pad_id, mask_id, repeated_prompts)
         return [sorted((r[0] for r in rows[i * cfg.num_return:(i + 1) * cfg.num_return]), key=lambda h: -h["score"])
                 for i in range(len(sources))]
     device = next(model.parameters()).device
@@ -481,9 +492,11 @@ def generate_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: i
 
 
 def generate(model, tokenizer, texts: list[str], cfg: GenerateConfig, max_source_len: int,
-             batch_size: int = 32, objective: str | None = None) -> tuple[list[list[dict]], int]:
+             batch_size: int = 32, objective: str | None = None,
+             prompts: list[list[int]] | None = None) -> tuple[list[list[dict]], int]:
     """Generated texts per source text, cfg.num_return each ({"text", "score"}), and the number of sources cut
-    to max_source_len tokens. Sources are batched by length. objective: generation_config.json's."""
+    to max_source_len tokens. Sources are batched by length. objective: generation_config.json's. prompts
+    (gibbs): per source, the token ids its target starts with, returned in its text."""
     from bertkit.inference import length_grouped_batches
 
     cfg.check()
@@ -497,7 +510,8 @@ def generate(model, tokenizer, texts: list[str], cfg: GenerateConfig, max_source
     for indices in length_grouped_batches([len(s) for s in sources], batch_size):
         for i, hypotheses in zip(indices, generate_ids(model, [sources[i] for i in indices], cfg,
                                                        tokenizer.sep_token_id, tokenizer.pad_token_id,
-                                                       tokenizer.mask_token_id, objective)):
+                                                       tokenizer.mask_token_id, objective,
+                                                       None if prompts is None else [prompts[i] for i in indices])):
             out[i] = [{"text": tokenizer.decode(h["ids"]), "score": h["score"], "finished": h["finished"]}
                       for h in hypotheses]
     return out, cut

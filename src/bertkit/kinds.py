@@ -86,6 +86,7 @@ class Kind:
     named_labels: bool = False  # labels are names: evaluation labels are checked against the model's
     max_seq_len: int = 128  # default --max-seq-len
     unit: str = "examples"  # what a feature is, in messages
+    length_limits: str = "--max-seq-len"  # the options an encoder cuts an example to (the truncation note)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,7 +400,8 @@ KINDS: dict[str, Kind] = {
     "seq2seq": Kind(head="BertForMaskedLM", read=_read_pairs, encode=_encode_seq2seq, score=_score_seq2seq,
                     write=None, config=lambda labels: {}, pipeline="generate", pipeline_fields=("source",),
                     pipeline_call=_call_generate, run=_run_seq2seq, setup=_seq2seq_setup, save=_seq2seq_save,
-                    text_lines=True, collate=_collate_seq2seq),
+                    text_lines=True, collate=_collate_seq2seq,
+                    length_limits="--max-target-len (the target) or --max-seq-len (source and target)"),
 }
 
 # The Pipeline method of each task head, and what its input records hold: read off KINDS.

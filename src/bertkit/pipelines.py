@@ -224,13 +224,14 @@ class Pipeline:
                 results[i] = {"choice": int(probs.argmax()), "probabilities": [float(p) for p in probs]}
         return results
 
-    def generate(self, sources: Sequence[str], **options) -> list[dict]:
+    def generate(self, sources: Sequence[str], prompts: Sequence[str] | None = None, **options) -> list[dict]:
         """Per source text: the `generated` text and its `score` (summed log-probability; mask-predict: the
         mean); with beam search or num_return > 1, also the `n_best` ({text, score}, best first). Options: those
         of generate.GenerateConfig (method greedy|beam|sample|gibbs|mask-predict, beams, length_penalty,
         max_new_tokens, top_k, top_p, temperature, num_return, seed, sweeps, iterations, lengths, no_repeat_ngram);
         max_new_tokens and mask-predict's lengths default to the model's generation_config.json, whose
-        objective decides which methods the model may use."""
+        objective decides which methods the model may use. prompts (gibbs): per source, the text its target
+        starts with (kept as written; "" for none), followed by max_new_tokens sampled tokens."""
         from bertkit.device import resolve_precision
         from bertkit.generate import GenerateConfig, check_objective, generate
 
@@ -252,20 +253,32 @@ class Pipeline:
         for i, source in enumerate(sources):
             if not isinstance(source, str) or not source.strip():
                 raise BertkitError(f"source {i + 1} is empty", hint="give every source some text to generate from")
+        prompt_ids = None
+        if prompts is not None:
+            if cfg.method != "gibbs":
+                raise BertkitError(f"a prompt is for --method gibbs, not {cfg.method}",
+                                   hint="use --method gibbs, or leave the prompt out")
+            if len(prompts) != len(sources):
+                raise BertkitError(f"{len(prompts)} prompts for {len(sources)} sources",
+                                   hint="give one prompt a source (\"\" for none)")
+            prompt_ids = self.tokenizer.encode_batch([str(p) for p in prompts])
         positions = self.model.config.max_position_embeddings
         limit = min(trained.get("max_seq_len") or positions, positions)
         if cfg.method == "mask-predict":
             new_tokens, option = max(cfg.lengths), f"--length-candidates {max(cfg.lengths)}"
         else:
             new_tokens, option = cfg.max_new_tokens, f"--max-new-tokens {cfg.max_new_tokens}"
+        if prompt_ids:
+            longest = max(len(p) for p in prompt_ids)
+            new_tokens, option = new_tokens + longest, f"{option} after a prompt of {longest} tokens"
         max_source_len = limit - new_tokens - 1  # (gibbs and mask-predict hold a final [SEP] too)
         if max_source_len < 3:
             raise BertkitError(f"{option} leaves no room for a source in the model's {limit} positions",
-                               hint=f"use a length of {max(1, limit - 16)} or less")
+                               hint=f"use {max(1, limit - 16)} tokens or fewer in all")
         device = next(self.model.parameters()).device
         with resolve_precision(self.precision, device, announce=False).autocast(device):  # as the other pipelines
             results, cut = generate(self.model, self.tokenizer, list(sources), cfg, max_source_len, self.batch_size,
-                                    trained.get("objective"))
+                                    trained.get("objective"), prompt_ids)
         _warn_truncated(cut, len(sources), max_source_len)
         out = []
         for hypotheses in results:

@@ -8,7 +8,8 @@ predicted, saved with problem_type multi_label_classification so transformers tr
 
 The loop: length-grouped batches (texts of similar length batched together, so little compute goes to
 padding), AdamW with warmup and linear decay, gradient clipping, optional bf16 autocast; evaluation on
-dev after each epoch, keeping the best epoch by the task's main metric (or the last, --keep last).
+dev after each epoch, keeping the best epoch by the task's main metric (or the last, --keep last; with
+--eval-at end, dev is read once, after the last epoch, and the last epoch's model is kept).
 Each seed runs into OUT/seed-N (one seed too: one layout), and OUT/eval_results.json reports the mean and
 std of every metric over the seeds. A finished seed's intermediate checkpoints are deleted (a run that has
 finished has nothing to resume) unless keep_checkpoints_at_end.
@@ -60,6 +61,7 @@ class FinetuneConfig:
     precision: str = "auto"  # bf16 where the hardware runs it natively, else fp32 (device.py)
     seeds: list[int] = field(default_factory=lambda: [1])
     keep: str = "best"
+    eval_at: str = "epoch"  # epoch: evaluate on dev after each epoch; end: after the last one only (--keep last)
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -300,15 +302,16 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
                     log.close()
                     raise Stopped(path, step)
         train_seconds += time.perf_counter() - window_start
-        outputs = predict_logits(model, dev_feats, cfg, tokenizer, kind=kind)
-        result, _ = score(kind, cfg.task, dev_examples, dev_feats, outputs, label_list, cfg)
-        result = {k: float(v) for k, v in result.items()}
-        log.write({"step": step, "epoch": epoch, "split": "dev", **result})
-        progress.write(f"seed {seed} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-        if cfg.keep == "last" or best is None or result[data["metric"]] > best[data["metric"]]:
-            best = {**result, "epoch": epoch}
-            # squad2: predict later with the threshold that was best on dev
-            save_model_dir(model, tokenizer, out, cfg, data, result.get("best_null_threshold"))
+        if cfg.eval_at == "epoch" or step >= total:
+            outputs = predict_logits(model, dev_feats, cfg, tokenizer, kind=kind)
+            result, _ = score(kind, cfg.task, dev_examples, dev_feats, outputs, label_list, cfg)
+            result = {k: float(v) for k, v in result.items()}
+            log.write({"step": step, "epoch": epoch, "split": "dev", **result})
+            progress.write(f"seed {seed} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+            if cfg.keep == "last" or best is None or result[data["metric"]] > best[data["metric"]]:
+                best = {**result, "epoch": epoch}
+                # squad2: predict later with the threshold that was best on dev
+                save_model_dir(model, tokenizer, out, cfg, data, result.get("best_null_threshold"))
         epoch, offset = epoch + 1, 0
         checkpoint()  # the epoch's evaluation and kept model are done: a resume starts the next epoch
         window_start = time.perf_counter()
@@ -365,6 +368,11 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise BertkitError("no training data", hint="pass --data DIR with a train file, or --train FILE")
     if cfg.keep not in ("best", "last"):
         raise BertkitError(f"--keep {cfg.keep!r}", hint="use best or last")
+    if cfg.eval_at not in ("epoch", "end"):
+        raise BertkitError(f"--eval-at {cfg.eval_at!r}", hint="use epoch or end")
+    if cfg.eval_at == "end" and cfg.keep == "best":
+        raise BertkitError("--eval-at end reads dev once, after the last epoch, so there is no best epoch to keep",
+                           hint="add --keep last, or evaluate every epoch (--eval-at epoch)")
     if not 0 <= cfg.label_smoothing < 1:
         raise BertkitError(f"--label-smoothing {cfg.label_smoothing}: must be at least 0 and below 1", hint="e.g. 0.1")
     if cfg.target_masking not in TARGET_MASKINGS:
@@ -396,8 +404,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     dev_feats, cut_dev = encode(spec.kind, dev_examples, tokenizer, cfg, label_list, training=False)
     for name, count, total in (("train", cut_train, len(train_examples)), ("dev", cut_dev, len(dev_examples))):
         if count:
-            print(f"note: {count} of {total} {name} examples were longer than --max-seq-len and were truncated",
-                  file=sys.stderr)
+            print(f"note: {count} of {total} {name} examples were longer than {KINDS[spec.kind].length_limits} "
+                  f"and were truncated", file=sys.stderr)
     if not train_feats:
         raise BertkitError(f"{files['train']}: no usable training examples", hint="check the file's contents")
     data = dict(kind=spec.kind, metric=spec.metric, labels=label_list, train=train_feats,
@@ -440,7 +448,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
 CONFIG_FILE = "finetune_config.json"
 # Options that do not change what a run computes: a resumed run may change them.
 RUN_ONLY = ("resume", "force", "show_progress", "log_every", "tensorboard", "save_every", "keep_checkpoints",
-            "keep_checkpoints_at_end", "eval_batch_size", "max_bad_steps")
+            "keep_checkpoints_at_end", "eval_batch_size", "max_bad_steps", "eval_at")
 
 
 def check_resume(cfg: FinetuneConfig) -> None:
