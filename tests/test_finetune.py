@@ -138,6 +138,52 @@ def test_eval_at_end_reads_dev_once_and_trains_the_same_model(tiny_model, sst2, 
         assert torch.equal(weights["end"][name], tensor), name
 
 
+@pytest.mark.parametrize("eval_at", ["epoch", "end"])
+def test_a_stop_during_the_last_step_resumes_to_the_final_evaluation(tiny_model, sst2, tmp_path, monkeypatch,
+                                                                     eval_at):
+    """Stopped while training its last step, a run has trained every step but read no dev after it: --resume
+    evaluates and keeps the final model, as the uninterrupted run does (it used to keep the epoch before's, or,
+    with --eval-at end, nothing: eval_results.json null and the weights deleted with the checkpoints)."""
+    import bertkit.train.state as state
+    from bertkit.errors import Interrupted
+    from bertkit.train.finetune import FinetuneConfig, finetune
+
+    def config(out, **options):
+        return FinetuneConfig(task="sst2", data=str(sst2), model=str(tiny_model), out=str(out), epochs=2,
+                              batch_size=16, lr=1e-3, keep="last", eval_at=eval_at, precision="fp32",
+                              show_progress=False, **options)
+
+    straight = finetune(config(tmp_path / "straight"))
+
+    class StopInTheLastStep(state.StopRequest):  # SIGTERM arriving while step 6 of 6 trains
+        checks, signum = 0, 15
+
+        @property
+        def requested(self):  # read once a step, at its end
+            type(self).checks += 1
+            return type(self).checks >= 6  # 48 examples in batches of 16: 3 steps an epoch, 2 epochs
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    with monkeypatch.context() as patch:
+        patch.setattr(state, "StopRequest", StopInTheLastStep)
+        with pytest.raises(Interrupted, match="stopped at step 6 of seed 1"):
+            finetune(config(tmp_path / "run"))
+    assert not (tmp_path / "run" / "seed-1" / "eval_results.json").exists()
+    resumed = finetune(config(tmp_path / "run", resume=True))
+    assert resumed["accuracy"]["mean"] == straight["accuracy"]["mean"]
+    run = tmp_path / "run" / "seed-1"
+    assert json.loads((run / "eval_results.json").read_text())["epoch"] == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows if row.get("split") == "dev"] == ([1, 2] if eval_at == "epoch" else [2])
+    from safetensors.torch import load_file
+
+    ours, theirs = (load_file(d / "seed-1" / "model.safetensors") for d in (tmp_path / "run", tmp_path / "straight"))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 def test_bad_inputs(tiny_model, sst2, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()

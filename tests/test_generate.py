@@ -230,6 +230,24 @@ def test_pipeline_generates_in_the_precision_asked_for(tiny_model, precision, au
     assert seen and set(seen) == {autocast}
 
 
+def test_pipeline_prompts_are_checked(tiny_model):
+    from bertkit.pipelines import Pipeline
+    from bertkit.tokenizer import Tokenizer
+
+    pipe = Pipeline(BertForMaskedLM.from_pretrained(str(tiny_model)).eval(), Tokenizer.from_pretrained(str(tiny_model)),
+                    {})
+    for prompts, fragment in (("the", "a list of texts"), ([None], "a list of texts"), (["a", "b"], "2 prompts for 1"),
+                              (["the"], None)):
+        options = dict(prompts=prompts, method="gibbs", max_new_tokens=2, seed=0)
+        if fragment is None:
+            assert pipe.generate(["the film"], **options)[0]["generated"].startswith("the")
+        else:
+            with pytest.raises(BertkitError, match=fragment):
+                pipe.generate(["the film"], **options)
+    with pytest.raises(BertkitError, match="prompt is for --method gibbs"):
+        pipe.generate(["the film"], prompts=["the"], method="greedy", max_new_tokens=2)
+
+
 def bigrams(ids):
     return list(zip(ids, ids[1:]))
 

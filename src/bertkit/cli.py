@@ -664,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sample: below 1 sharper, above 1 flatter")
     p.add_argument("--num-return", type=int, default=1, help="sequences per source (beam's n-best, or samples)")
     p.add_argument("--sweeps", type=int, default=4, help="gibbs: passes over the target positions")
-    p.add_argument("--prompt", help="gibbs: the text every target starts with, kept as written, followed by "
+    p.add_argument("--prompt", help="gibbs: the text every target starts with, held fixed (as tokenized), then "
                                     "--max-new-tokens sampled tokens (a JSON Lines input's \"prompt\" field "
                                     "overrides it per line; default: none, all [MASK])")
     p.add_argument("--no-repeat-ngram", type=int, default=0,

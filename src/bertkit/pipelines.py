@@ -231,7 +231,8 @@ class Pipeline:
         max_new_tokens, top_k, top_p, temperature, num_return, seed, sweeps, iterations, lengths, no_repeat_ngram);
         max_new_tokens and mask-predict's lengths default to the model's generation_config.json, whose
         objective decides which methods the model may use. prompts (gibbs): per source, the text its target
-        starts with (kept as written; "" for none), followed by max_new_tokens sampled tokens."""
+        starts with (held fixed as tokenized, so an uncased model lowercases it; "" for none), followed by
+        max_new_tokens sampled tokens (the first may be a word piece that continues the prompt's last word)."""
         from bertkit.device import resolve_precision
         from bertkit.generate import GenerateConfig, check_objective, generate
 
@@ -258,18 +259,19 @@ class Pipeline:
             if cfg.method != "gibbs":
                 raise BertkitError(f"a prompt is for --method gibbs, not {cfg.method}",
                                    hint="use --method gibbs, or leave the prompt out")
+            if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+                raise BertkitError("prompts must be a list of texts, one a source", hint='e.g. prompts=["the", ""]')
             if len(prompts) != len(sources):
                 raise BertkitError(f"{len(prompts)} prompts for {len(sources)} sources",
                                    hint="give one prompt a source (\"\" for none)")
-            prompt_ids = self.tokenizer.encode_batch([str(p) for p in prompts])
+            prompt_ids = self.tokenizer.encode_batch(list(prompts))
         positions = self.model.config.max_position_embeddings
         limit = min(trained.get("max_seq_len") or positions, positions)
         if cfg.method == "mask-predict":
             new_tokens, option = max(cfg.lengths), f"--length-candidates {max(cfg.lengths)}"
         else:
             new_tokens, option = cfg.max_new_tokens, f"--max-new-tokens {cfg.max_new_tokens}"
-        if prompt_ids:
-            longest = max(len(p) for p in prompt_ids)
+        if prompt_ids and (longest := max(len(p) for p in prompt_ids)):
             new_tokens, option = new_tokens + longest, f"{option} after a prompt of {longest} tokens"
         max_source_len = limit - new_tokens - 1  # (gibbs and mask-predict hold a final [SEP] too)
         if max_source_len < 3:

@@ -226,6 +226,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
     os.makedirs(out, exist_ok=True)
     metrics_path = os.path.join(out, "metrics.jsonl")
     step, epoch, offset, skipped, best = 0, 1, 0, 0, None
+    evaluated_step = None  # the step after which dev was last read
     found = complete_checkpoints(out) if cfg.resume else []
     if found:
         state = load_checkpoint(found[-1], model, optimizer)
@@ -233,6 +234,8 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
             raise BertkitError(f"{found[-1]}: written by a run with other settings ({state.get('signature')}, "
                                f"now {signature})", hint="resume with the original command, or start a new --out")
         step, epoch, offset, skipped, best = (state[k] for k in ("step", "epoch", "offset", "skipped_steps", "best"))
+        # (a checkpoint from before this field: read as evaluated where it holds a result)
+        evaluated_step = state.get("evaluated_step", step if best is not None else None)
         truncate_metrics(metrics_path, step)
         print(f"resuming seed {seed} from {found[-1]} (step {step})", file=sys.stderr)
     else:
@@ -242,7 +245,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
     def checkpoint() -> str:
         return save_checkpoint(out, step, model, tokenizer, optimizer,
                                {"signature": signature, "epoch": epoch, "offset": offset, "skipped_steps": skipped,
-                                "best": best}, keep=cfg.keep_checkpoints)
+                                "best": best, "evaluated_step": evaluated_step}, keep=cfg.keep_checkpoints)
 
     precision = resolve_precision(cfg.precision, device)  # the request, as finetune() resolved (and said) it
     autocast = precision.autocast(device)
@@ -252,7 +255,9 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
     window_loss, window_samples, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
     train_seconds, consecutive_bad = 0.0, 0
     model.train()
-    while step < total:
+    # a run stopped during its last step has trained every step but not yet read dev: the loop runs once more,
+    # with no step to train, to evaluate and keep the final model
+    while step < total or evaluated_step != step:
         epoch_batches = batches(train_feats, cfg.batch_size, np.random.default_rng([seed, epoch]), cfg.group_by_length)
         for indices in epoch_batches[offset:]:
             if step >= total:
@@ -306,6 +311,7 @@ def train_one_seed(cfg: FinetuneConfig, seed: int, out: str, data: dict, tokeniz
             outputs = predict_logits(model, dev_feats, cfg, tokenizer, kind=kind)
             result, _ = score(kind, cfg.task, dev_examples, dev_feats, outputs, label_list, cfg)
             result = {k: float(v) for k, v in result.items()}
+            evaluated_step = step
             log.write({"step": step, "epoch": epoch, "split": "dev", **result})
             progress.write(f"seed {seed} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
             if cfg.keep == "last" or best is None or result[data["metric"]] > best[data["metric"]]:
