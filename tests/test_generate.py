@@ -213,6 +213,15 @@ def test_gibbs_from_a_prompt_holds_it_and_samples_after_it():
     with pytest.raises(BertkitError, match="prompt is for --method gibbs"):
         generate_ids(model, SOURCES, GenerateConfig(method="greedy", max_new_tokens=4), SEP, PAD, mask_id=MASK,
                      prompts=prompts)
+    # word pieces are never sampled first: after a prompt, or at the head of a target
+    pieces = [i for i in range(5, 40) if i not in (20, 21)]
+    for p in (prompts, None):
+        for seed in range(3):
+            rows = generate_ids(model, SOURCES, GenerateConfig(**{**cfg.__dict__, "seed": seed}), SEP, PAD,
+                                mask_id=MASK, prompts=p, word_pieces=pieces)
+            firsts = [h[0]["ids"][len(q)] for h, q in zip(rows, p or [[]] * len(SOURCES))]
+            assert set(firsts) <= {1, 20, 21}, firsts
+            assert any(i in pieces for h in rows for i in h[0]["ids"][1:])  # (allowed after the first)
 
 
 @pytest.mark.parametrize("precision, autocast", [("fp32", False), ("bf16", True)])

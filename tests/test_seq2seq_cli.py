@@ -102,7 +102,7 @@ def test_gibbs_from_a_prompt(seq2seq_run, tiny_model, tmp_path, start):
     run_cli("generate", "--model", out, "--input", sources, "--output", output, "--method", "gibbs", "--seed", 1,
             "--max-new-tokens", 3, "--prompt", "The cast", "--precision", "fp32")
     first, second = [json.loads(line) for line in output.read_text().splitlines()]
-    # held as tokenized (uncased: lowercased); what follows may continue its last word ("the casting")
+    # held as tokenized (uncased: lowercased)
     assert first["generated"].startswith("the cast") and len(first["generated"]) > len("the cast")
     assert second["generated"].startswith("the film") and second["prompt"] == "the film"
     proc = run_cli("generate", "--model", out, "--input", sources, "--output", tmp_path / "o.jsonl", "--method",

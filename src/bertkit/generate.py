@@ -335,13 +335,16 @@ def _beam(decoder: _Decoder, cfg: GenerateConfig, sep_id: int, B: int) -> list[l
 
 @torch.no_grad()
 def gibbs_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: int, pad_id: int,
-              mask_id: int, prompts: list[list[int]] | None = None) -> list[list[dict]]:
+              mask_id: int, prompts: list[list[int]] | None = None,
+              word_pieces: list[int] | None = None) -> list[list[dict]]:
     """Gibbs-style sampling from an MLM (Wang & Cho 2019): `[CLS] source [SEP] [MASK] x n [SEP]`, n =
     max_new_tokens, with full (bidirectional) attention, as the MLM was pre-trained; each of cfg.sweeps sweeps
     visits the target positions left to right, masks the position, and samples it from the MLM's distribution
     there (temperature, then top-k). Works from any model with an MLM head. A source's prompt (token ids,
     `prompts`) starts its target: `[CLS] source [SEP] prompt [MASK] x n [SEP]`, the prompt held fixed and
-    returned at the head of the ids (its tokens score nothing).
+    returned at the head of the ids (its tokens score nothing). `word_pieces` (ids of the tokens that continue
+    a word, WordPiece's "##x") are never sampled at the first sampled position: a target, or what follows a
+    prompt, starts with a whole word.
 
     Not a proper sample from a joint distribution: an MLM's conditionals need not be those of any joint
     distribution, so this chain has no guarantee to converge to one (Wang & Cho's own correction of their
@@ -362,6 +365,7 @@ def gibbs_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: int,
     starts = torch.tensor([len(s) + len(p) for s, p in zip(sources, prompts)], device=device)  # the first sampled one
     batch = torch.arange(B, device=device)
     special = torch.tensor(sorted({sep_id, pad_id, mask_id, sources[0][0]}), device=device)  # [CLS] starts a source
+    first_banned = torch.cat([special, torch.tensor(word_pieces or [], dtype=torch.long, device=device)])
     generator = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
     scores = torch.zeros(B, n, device=device)
     for _ in range(cfg.sweeps):
@@ -369,7 +373,7 @@ def gibbs_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: int,
             ids[batch, starts + j] = mask_id
             hidden = model.bert(ids, types, attention.long()).last_hidden_state[batch, starts + j]  # (B, H)
             logprobs = model.mlm(hidden).float().log_softmax(-1)
-            logprobs[:, special] = -math.inf
+            logprobs[:, first_banned if j == 0 else special] = -math.inf
             chosen = _sample(logprobs, cfg, generator)
             ids[batch, starts + j] = chosen
             scores[:, j] = logprobs.gather(1, chosen[:, None]).squeeze(1)
@@ -450,12 +454,13 @@ def mask_predict_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_i
 @torch.no_grad()
 def generate_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: int, pad_id: int,
                  mask_id: int | None = None, objective: str | None = None,
-                 prompts: list[list[int]] | None = None) -> list[list[dict]]:
+                 prompts: list[list[int]] | None = None, word_pieces: list[int] | None = None) -> list[list[dict]]:
     """Per source (`[CLS] source [SEP]` ids), cfg.num_return sequences, best first: {"ids" (without the final
     [SEP]), "score" (summed log-probability; beam: / length ** length_penalty), "finished" (ended in [SEP])}.
     mask_id: the [MASK] token, for gibbs and mask-predict (whose score is the mean log-probability), and for
     left-to-right decoding of a model whose objective (generation_config.json) is "unilm-masked".
-    prompts: gibbs only, each source's fixed start of its target (token ids; see gibbs_ids)."""
+    prompts: gibbs only, each source's fixed start of its target (token ids; see gibbs_ids); word_pieces:
+    gibbs, the ids never sampled first."""
     cfg.check()
     model.eval()
     if prompts is not None and cfg.method != "gibbs":
@@ -466,7 +471,7 @@ def generate_ids(model, sources: list[list[int]], cfg: GenerateConfig, sep_id: i
     if cfg.method == "gibbs":
         repeated = [s for s in sources for _ in range(cfg.num_return)]
         repeated_prompts = None if prompts is None else [p for p in prompts for _ in range(cfg.num_return)]
-        rows = gibbs_ids(model, repeated, cfg, sep_id, pad_id, mask_id, repeated_prompts)
+        rows = gibbs_ids(model, repeated, cfg, sep_id, pad_id, mask_id, repeated_prompts, word_pieces)
         return [sorted((r[0] for r in rows[i * cfg.num_return:(i + 1) * cfg.num_return]), key=lambda h: -h["score"])
                 for i in range(len(sources))]
     device = next(model.parameters()).device
@@ -507,11 +512,15 @@ def generate(model, tokenizer, texts: list[str], cfg: GenerateConfig, max_source
     cut = sum(len(ids) > max_source_len - 2 for ids in encoded)
     sources = [[tokenizer.cls_token_id, *ids[:max_source_len - 2], tokenizer.sep_token_id] for ids in encoded]
     out: list = [None] * len(sources)
+    word_pieces = None
+    if cfg.method == "gibbs":  # a target starts with a whole word, not "##s"
+        word_pieces = sorted(i for token, i in tokenizer.get_vocab().items() if token.startswith("##"))
     for indices in length_grouped_batches([len(s) for s in sources], batch_size):
         for i, hypotheses in zip(indices, generate_ids(model, [sources[i] for i in indices], cfg,
                                                        tokenizer.sep_token_id, tokenizer.pad_token_id,
                                                        tokenizer.mask_token_id, objective,
-                                                       None if prompts is None else [prompts[i] for i in indices])):
+                                                       None if prompts is None else [prompts[i] for i in indices],
+                                                       word_pieces)):
             out[i] = [{"text": tokenizer.decode(h["ids"]), "score": h["score"], "finished": h["finished"]}
                       for h in hypotheses]
     return out, cut

@@ -232,7 +232,7 @@ class Pipeline:
         max_new_tokens and mask-predict's lengths default to the model's generation_config.json, whose
         objective decides which methods the model may use. prompts (gibbs): per source, the text its target
         starts with (held fixed as tokenized, so an uncased model lowercases it; "" for none), followed by
-        max_new_tokens sampled tokens (the first may be a word piece that continues the prompt's last word)."""
+        max_new_tokens sampled tokens, the first a whole word (never a "##" piece)."""
         from bertkit.device import resolve_precision
         from bertkit.generate import GenerateConfig, check_objective, generate
 
