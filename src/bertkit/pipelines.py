@@ -255,10 +255,7 @@ class Pipeline:
             if not isinstance(source, str) or not source.strip():
                 raise BertkitError(f"source {i + 1} is empty", hint="give every source some text to generate from")
         prompt_ids = None
-        if prompts is not None:
-            if cfg.method != "gibbs":
-                raise BertkitError(f"a prompt is for --method gibbs, not {cfg.method}",
-                                   hint="use --method gibbs, or leave the prompt out")
+        if prompts is not None:  # (generate_ids refuses a prompt with any method but gibbs)
             if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
                 raise BertkitError("prompts must be a list of texts, one a source", hint='e.g. prompts=["the", ""]')
             if len(prompts) != len(sources):
